@@ -1,0 +1,169 @@
+//! The GGUF writer (version 3, little-endian). Used for test fixtures and for control-vector files.
+
+use crate::value::{Value, ValueType};
+use crate::{GgmlType, GgufError, DEFAULT_ALIGNMENT, MAGIC};
+
+struct PendingTensor {
+    name: String,
+    dims: Vec<u64>,
+    ty: GgmlType,
+    data: Vec<u8>,
+}
+
+/// Collects metadata and tensors, then writes a complete file with [`GgufWriter::to_bytes`].
+#[derive(Default)]
+pub struct GgufWriter {
+    metadata: Vec<(String, Value)>,
+    tensors: Vec<PendingTensor>,
+}
+
+impl GgufWriter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) a metadata entry; file order is insertion order.
+    pub fn set(&mut self, key: impl Into<String>, value: Value) -> &mut Self {
+        let key = key.into();
+        match self.metadata.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => self.metadata.push((key, value)),
+        }
+        self
+    }
+
+    /// Adds a tensor whose `data` holds its elements in GGML order, already encoded as `ty`.
+    pub fn add_tensor(
+        &mut self,
+        name: impl Into<String>,
+        dims: &[u64],
+        ty: GgmlType,
+        data: Vec<u8>,
+    ) -> Result<&mut Self, GgufError> {
+        let name = name.into();
+        if self.tensors.iter().any(|t| t.name == name) {
+            return Err(GgufError::DuplicateTensor(name));
+        }
+        let count = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
+        let needed = count.and_then(|n| ty.bytes_for(n));
+        if needed != Some(data.len() as u64) {
+            return Err(GgufError::DataSize {
+                what: format!("tensor `{name}`"),
+                ty: ty.name(),
+                count: count.unwrap_or(u64::MAX),
+                needed: needed.unwrap_or(u64::MAX),
+                got: data.len() as u64,
+            });
+        }
+        self.tensors.push(PendingTensor {
+            name,
+            dims: dims.to_vec(),
+            ty,
+            data,
+        });
+        Ok(self)
+    }
+
+    /// Convenience for f32 tensors.
+    pub fn add_f32(
+        &mut self,
+        name: impl Into<String>,
+        dims: &[u64],
+        values: &[f32],
+    ) -> Result<&mut Self, GgufError> {
+        let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.add_tensor(name, dims, GgmlType::F32, data)
+    }
+
+    /// Serializes the file. Tensor data is laid out in insertion order, each aligned to `general.alignment`.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, GgufError> {
+        let alignment = match self.metadata.iter().find(|(k, _)| k == "general.alignment") {
+            None => DEFAULT_ALIGNMENT,
+            Some((_, v)) => match v.as_u64() {
+                Some(a) if a.is_power_of_two() => a,
+                _ => {
+                    return Err(GgufError::Writer(format!(
+                        "general.alignment must be a power of two, got {v:?}"
+                    )))
+                }
+            },
+        } as usize;
+        let mut out = Vec::new();
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&3u32.to_le_bytes());
+        out.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(self.metadata.len() as u64).to_le_bytes());
+        for (key, value) in &self.metadata {
+            write_str(&mut out, key);
+            out.extend_from_slice(&(value.value_type() as u32).to_le_bytes());
+            write_value(&mut out, key, value)?;
+        }
+        let mut offset = 0usize;
+        let mut offsets = Vec::with_capacity(self.tensors.len());
+        for t in &self.tensors {
+            write_str(&mut out, &t.name);
+            out.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
+            for d in &t.dims {
+                out.extend_from_slice(&d.to_le_bytes());
+            }
+            out.extend_from_slice(&t.ty.id().to_le_bytes());
+            out.extend_from_slice(&(offset as u64).to_le_bytes());
+            offsets.push(offset);
+            offset = (offset + t.data.len()).div_ceil(alignment) * alignment;
+        }
+        let data_start = out.len().div_ceil(alignment) * alignment;
+        out.resize(data_start, 0);
+        for (t, off) in self.tensors.iter().zip(offsets) {
+            out.resize(data_start + off, 0);
+            out.extend_from_slice(&t.data);
+        }
+        Ok(out)
+    }
+}
+
+fn write_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn write_value(out: &mut Vec<u8>, key: &str, v: &Value) -> Result<(), GgufError> {
+    match v {
+        Value::U8(x) => out.push(*x),
+        Value::I8(x) => out.push(*x as u8),
+        Value::U16(x) => out.extend_from_slice(&x.to_le_bytes()),
+        Value::I16(x) => out.extend_from_slice(&x.to_le_bytes()),
+        Value::U32(x) => out.extend_from_slice(&x.to_le_bytes()),
+        Value::I32(x) => out.extend_from_slice(&x.to_le_bytes()),
+        Value::F32(x) => out.extend_from_slice(&x.to_le_bytes()),
+        Value::U64(x) => out.extend_from_slice(&x.to_le_bytes()),
+        Value::I64(x) => out.extend_from_slice(&x.to_le_bytes()),
+        Value::F64(x) => out.extend_from_slice(&x.to_le_bytes()),
+        Value::Bool(x) => out.push(u8::from(*x)),
+        Value::String(s) => write_str(out, s),
+        Value::Array(elem, items) => {
+            if *elem == ValueType::Array
+                && items
+                    .iter()
+                    .any(|i| matches!(i, Value::Array(ValueType::Array, _)))
+            {
+                return Err(GgufError::NestingTooDeep {
+                    key: key.to_string(),
+                    depth: 3,
+                });
+            }
+            if let Some(bad) = items.iter().find(|i| i.value_type() != *elem) {
+                return Err(GgufError::Writer(format!(
+                    "metadata key `{key}`: array of {} holds a {}",
+                    elem.name(),
+                    bad.value_type().name()
+                )));
+            }
+            out.extend_from_slice(&(*elem as u32).to_le_bytes());
+            out.extend_from_slice(&(items.len() as u64).to_le_bytes());
+            for item in items {
+                write_value(out, key, item)?;
+            }
+        }
+    }
+    Ok(())
+}
