@@ -20,18 +20,12 @@ fn main() {
             std::process::exit(1);
         }
     };
-    println!(
-        "version {} alignment {} data at {}",
-        g.version, g.alignment, g.data_offset
-    );
+    println!("version {} alignment {} data at {}", g.version, g.alignment, g.data_offset);
     for (k, v) in &g.metadata {
         match v {
-            Value::Array(t, items) => println!(
-                "{k}: [{}; {}] {:?}",
-                t.name(),
-                items.len(),
-                &items[..items.len().min(5)]
-            ),
+            Value::Array(t, items) => {
+                println!("{k}: [{}; {}] {:?}", t.name(), items.len(), &items[..items.len().min(5)])
+            }
             Value::String(s) if s.len() > 200 => {
                 println!("{k}: {:?}... ({} chars)", &s[..200], s.len())
             }

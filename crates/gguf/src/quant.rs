@@ -34,10 +34,7 @@ pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<(), Gguf
         });
     }
     let decode = block_decoder(ty);
-    for (block, dst) in data
-        .chunks_exact(ty.type_size())
-        .zip(out.chunks_exact_mut(ty.block_size()))
-    {
+    for (block, dst) in data.chunks_exact(ty.type_size()).zip(out.chunks_exact_mut(ty.block_size())) {
         decode(block, dst);
     }
     Ok(())
@@ -54,8 +51,7 @@ pub fn dot_row(ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
             let (w_tail, x_tail) = (w_chunks.remainder(), x_chunks.remainder());
             for (w, xs) in w_chunks.zip(x_chunks) {
                 for i in 0..8 {
-                    let wi =
-                        f32::from_le_bytes([w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]]);
+                    let wi = f32::from_le_bytes([w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]]);
                     acc[i] += wi * xs[i];
                 }
             }
@@ -96,12 +92,7 @@ pub fn dot_row(ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
     for (x, y) in ac.zip(bc) {
         for i in 0..8 {
             acc[i] += x[i] * y[i];

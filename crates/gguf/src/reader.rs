@@ -89,25 +89,13 @@ impl<'a> Cursor<'a> {
         let start = self.pos as u64;
         let len = self.u64(what)?;
         let raw = self.take(len, what)?;
-        std::str::from_utf8(raw)
-            .map(str::to_owned)
-            .map_err(|_| GgufError::BadUtf8 {
-                what: what(),
-                offset: start,
-            })
+        std::str::from_utf8(raw).map(str::to_owned).map_err(|_| GgufError::BadUtf8 { what: what(), offset: start })
     }
 
     /// Refuses `count` items of at least `min_item_bytes` each unless they could fit in the remaining bytes;
     /// called before every allocation sized by a count from the file.
-    fn check_count(
-        &self,
-        count: u64,
-        min_item_bytes: u64,
-        what: &dyn Fn() -> String,
-    ) -> Result<(), GgufError> {
-        let fits = count
-            .checked_mul(min_item_bytes)
-            .is_some_and(|need| need <= self.remaining());
+    fn check_count(&self, count: u64, min_item_bytes: u64, what: &dyn Fn() -> String) -> Result<(), GgufError> {
+        let fits = count.checked_mul(min_item_bytes).is_some_and(|need| need <= self.remaining());
         if fits {
             Ok(())
         } else {
@@ -139,17 +127,11 @@ impl<'a> Cursor<'a> {
             ValueType::String => Value::String(self.string(&what)?),
             ValueType::Array => {
                 if depth >= MAX_ARRAY_DEPTH {
-                    return Err(GgufError::NestingTooDeep {
-                        key: key.to_string(),
-                        depth: depth + 1,
-                    });
+                    return Err(GgufError::NestingTooDeep { key: key.to_string(), depth: depth + 1 });
                 }
-                let type_id =
-                    self.u32(&|| format!("array element type of metadata key `{key}`"))?;
-                let elem = ValueType::from_id(type_id).ok_or_else(|| GgufError::BadValueType {
-                    key: key.to_string(),
-                    type_id,
-                })?;
+                let type_id = self.u32(&|| format!("array element type of metadata key `{key}`"))?;
+                let elem = ValueType::from_id(type_id)
+                    .ok_or_else(|| GgufError::BadValueType { key: key.to_string(), type_id })?;
                 let count_what = || format!("array length of metadata key `{key}`");
                 let count = self.u64(&count_what)?;
                 self.check_count(count, elem.min_bytes(), &count_what)?;
@@ -170,13 +152,9 @@ impl<'a> Gguf<'a> {
         let mut c = Cursor { bytes, pos: 0 };
         let magic = c
             .take(4, &|| "magic".into())
-            .map_err(|_| GgufError::BadMagic {
-                found: bytes[..bytes.len().min(4)].to_vec(),
-            })?;
+            .map_err(|_| GgufError::BadMagic { found: bytes[..bytes.len().min(4)].to_vec() })?;
         if magic != MAGIC {
-            return Err(GgufError::BadMagic {
-                found: magic.to_vec(),
-            });
+            return Err(GgufError::BadMagic { found: magic.to_vec() });
         }
         let version = c.u32(&|| "version".into())?;
         if version != 2 && version != 3 {
@@ -197,10 +175,8 @@ impl<'a> Gguf<'a> {
         for i in 0..n_kv {
             let key = c.string(&|| format!("key of metadata entry {i}"))?;
             let type_id = c.u32(&|| format!("value type of metadata key `{key}`"))?;
-            let ty = ValueType::from_id(type_id).ok_or_else(|| GgufError::BadValueType {
-                key: key.clone(),
-                type_id,
-            })?;
+            let ty =
+                ValueType::from_id(type_id).ok_or_else(|| GgufError::BadValueType { key: key.clone(), type_id })?;
             let value = c.value(&key, ty, 0)?;
             if !seen_keys.insert(key.clone()) {
                 return Err(GgufError::DuplicateKey(key));
@@ -236,61 +212,34 @@ impl<'a> Gguf<'a> {
             let name = c.string(&|| format!("name of tensor {i}"))?;
             let n_dims = c.u32(&|| format!("dimension count of tensor `{name}`"))?;
             if n_dims as usize > GGML_MAX_DIMS {
-                return Err(GgufError::TooManyDims {
-                    name,
-                    n_dims,
-                    max: GGML_MAX_DIMS,
-                });
+                return Err(GgufError::TooManyDims { name, n_dims, max: GGML_MAX_DIMS });
             }
             let mut dims = Vec::with_capacity(n_dims as usize);
             for d in 0..n_dims {
                 dims.push(c.u64(&|| format!("dimension {d} of tensor `{name}`"))?);
             }
             let type_id = c.u32(&|| format!("type of tensor `{name}`"))?;
-            let ty = GgmlType::from_id(type_id).ok_or_else(|| GgufError::UnknownTensorType {
-                name: name.clone(),
-                type_id,
-            })?;
+            let ty = GgmlType::from_id(type_id)
+                .ok_or_else(|| GgufError::UnknownTensorType { name: name.clone(), type_id })?;
             let offset = c.u64(&|| format!("offset of tensor `{name}`"))?;
             let n_elements = dims
                 .iter()
                 .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-                .ok_or_else(|| GgufError::ShapeOverflow {
-                    name: name.clone(),
-                    dims: dims.clone(),
-                })?;
+                .ok_or_else(|| GgufError::ShapeOverflow { name: name.clone(), dims: dims.clone() })?;
             let row = dims.first().copied().unwrap_or(1);
             if row % ty.block_size() as u64 != 0 {
-                return Err(GgufError::RowNotBlockMultiple {
-                    name,
-                    ty: ty.name(),
-                    row,
-                    block: ty.block_size() as u64,
-                });
+                return Err(GgufError::RowNotBlockMultiple { name, ty: ty.name(), row, block: ty.block_size() as u64 });
             }
             let n_bytes = ty
                 .bytes_for(n_elements)
-                .ok_or_else(|| GgufError::ShapeOverflow {
-                    name: name.clone(),
-                    dims: dims.clone(),
-                })?;
+                .ok_or_else(|| GgufError::ShapeOverflow { name: name.clone(), dims: dims.clone() })?;
             if offset % alignment != 0 {
-                return Err(GgufError::MisalignedTensor {
-                    name,
-                    offset,
-                    alignment,
-                });
+                return Err(GgufError::MisalignedTensor { name, offset, alignment });
             }
             if !seen_names.insert(name.clone()) {
                 return Err(GgufError::DuplicateTensor(name));
             }
-            raw.push(RawTensor {
-                name,
-                dims,
-                ty,
-                offset,
-                n_bytes,
-            });
+            raw.push(RawTensor { name, dims, ty, offset, n_bytes });
         }
 
         let header_end = c.pos as u64;
@@ -313,22 +262,13 @@ impl<'a> Gguf<'a> {
                     return Err(GgufError::TensorOutOfRange {
                         name: t.name,
                         start: data_offset.saturating_add(t.offset),
-                        end: data_offset
-                            .saturating_add(t.offset)
-                            .saturating_add(t.n_bytes),
+                        end: data_offset.saturating_add(t.offset).saturating_add(t.n_bytes),
                         file_len,
                     })
                 }
             }
         }
-        Ok(Gguf {
-            version,
-            alignment,
-            metadata,
-            tensors,
-            data_offset,
-            bytes,
-        })
+        Ok(Gguf { version, alignment, metadata, tensors, data_offset, bytes })
     }
 
     /// The whole file.
@@ -341,23 +281,17 @@ impl<'a> Gguf<'a> {
     }
 
     fn require(&self, key: &str) -> Result<&Value, GgufError> {
-        self.get(key)
-            .ok_or_else(|| GgufError::MissingKey(key.to_string()))
+        self.get(key).ok_or_else(|| GgufError::MissingKey(key.to_string()))
     }
 
     fn wrong(key: &str, expected: &'static str, v: &Value) -> GgufError {
-        GgufError::WrongType {
-            key: key.to_string(),
-            expected,
-            found: v.value_type().name(),
-        }
+        GgufError::WrongType { key: key.to_string(), expected, found: v.value_type().name() }
     }
 
     /// A required non-negative integer of any width.
     pub fn get_u64(&self, key: &str) -> Result<u64, GgufError> {
         let v = self.require(key)?;
-        v.as_u64()
-            .ok_or_else(|| Self::wrong(key, "non-negative integer", v))
+        v.as_u64().ok_or_else(|| Self::wrong(key, "non-negative integer", v))
     }
 
     /// A required number of any type.
@@ -374,16 +308,8 @@ impl<'a> Gguf<'a> {
     /// A required array of strings.
     pub fn get_str_array(&self, key: &str) -> Result<Vec<&str>, GgufError> {
         let v = self.require(key)?;
-        let items = v
-            .as_array()
-            .ok_or_else(|| Self::wrong(key, "array of strings", v))?;
-        items
-            .iter()
-            .map(|i| {
-                i.as_str()
-                    .ok_or_else(|| Self::wrong(key, "array of strings", v))
-            })
-            .collect()
+        let items = v.as_array().ok_or_else(|| Self::wrong(key, "array of strings", v))?;
+        items.iter().map(|i| i.as_str().ok_or_else(|| Self::wrong(key, "array of strings", v))).collect()
     }
 
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
@@ -397,9 +323,7 @@ impl<'a> Gguf<'a> {
 
     /// A tensor dequantized to f32, in GGML order.
     pub fn tensor_f32(&self, name: &str) -> Result<Vec<f32>, GgufError> {
-        let t = self
-            .tensor(name)
-            .ok_or_else(|| GgufError::MissingTensor(name.to_string()))?;
+        let t = self.tensor(name).ok_or_else(|| GgufError::MissingTensor(name.to_string()))?;
         let mut out = vec![0f32; t.n_elements() as usize];
         crate::dequantize(t.ty, self.tensor_data(t), &mut out)?;
         Ok(out)

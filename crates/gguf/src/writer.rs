@@ -55,22 +55,12 @@ impl GgufWriter {
                 got: data.len() as u64,
             });
         }
-        self.tensors.push(PendingTensor {
-            name,
-            dims: dims.to_vec(),
-            ty,
-            data,
-        });
+        self.tensors.push(PendingTensor { name, dims: dims.to_vec(), ty, data });
         Ok(self)
     }
 
     /// Convenience for f32 tensors.
-    pub fn add_f32(
-        &mut self,
-        name: impl Into<String>,
-        dims: &[u64],
-        values: &[f32],
-    ) -> Result<&mut Self, GgufError> {
+    pub fn add_f32(&mut self, name: impl Into<String>, dims: &[u64], values: &[f32]) -> Result<&mut Self, GgufError> {
         let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         self.add_tensor(name, dims, GgmlType::F32, data)
     }
@@ -81,11 +71,7 @@ impl GgufWriter {
             None => DEFAULT_ALIGNMENT,
             Some((_, v)) => match v.as_u64() {
                 Some(a) if a.is_power_of_two() => a,
-                _ => {
-                    return Err(GgufError::Writer(format!(
-                        "general.alignment must be a power of two, got {v:?}"
-                    )))
-                }
+                _ => return Err(GgufError::Writer(format!("general.alignment must be a power of two, got {v:?}"))),
             },
         } as usize;
         let mut out = Vec::new();
@@ -141,15 +127,8 @@ fn write_value(out: &mut Vec<u8>, key: &str, v: &Value) -> Result<(), GgufError>
         Value::Bool(x) => out.push(u8::from(*x)),
         Value::String(s) => write_str(out, s),
         Value::Array(elem, items) => {
-            if *elem == ValueType::Array
-                && items
-                    .iter()
-                    .any(|i| matches!(i, Value::Array(ValueType::Array, _)))
-            {
-                return Err(GgufError::NestingTooDeep {
-                    key: key.to_string(),
-                    depth: 3,
-                });
+            if *elem == ValueType::Array && items.iter().any(|i| matches!(i, Value::Array(ValueType::Array, _))) {
+                return Err(GgufError::NestingTooDeep { key: key.to_string(), depth: 3 });
             }
             if let Some(bad) = items.iter().find(|i| i.value_type() != *elem) {
                 return Err(GgufError::Writer(format!(
