@@ -1,1 +1,10 @@
-pub mod placeholder {}
+//! The model: configuration from GGUF metadata, tokenizer, chat template, the CPU reference forward pass with
+//! residual-stream hooks, and generation.
+
+pub mod chat;
+mod error;
+pub mod tokenizer;
+
+pub use chat::{ChatTemplate, Message};
+pub use error::{ModelError, Result};
+pub use tokenizer::Tokenizer;
