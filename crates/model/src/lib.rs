@@ -5,6 +5,4 @@ pub mod chat;
 mod error;
 pub mod tokenizer;
 
-pub use chat::{ChatTemplate, Message};
 pub use error::{ModelError, Result};
-pub use tokenizer::Tokenizer;
