@@ -1,1 +1,419 @@
-fn main() {}
+//! `personascope`: the command-line face of the engine. Machine-readable commands print one JSON object on
+//! stdout; errors go to stderr with a non-zero exit status.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use personascope_gguf::Gguf;
+use personascope_model::{generate, Capture, Flow, Logits, Message, Model, NoHook, SamplingParams, StopReason};
+use serde_json::json;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(
+    name = "personascope",
+    version,
+    about = "See and steer the personality of a small language model: a GGUF engine with residual-stream hooks",
+    long_about = "See and steer the personality of a small language model.\n\n\
+        Runs GGUF models (llama and qwen2 families; SmolLM2-135M-Instruct by default) on the CPU reference path.\n\
+        Install the default model with `bash models/fetch.sh`; it lands in models/SmolLM2-135M-Instruct.Q4_1.gguf.\n\n\
+        Messages files are JSON arrays of {\"role\": \"system\"|\"user\"|\"assistant\", \"content\": \"...\"}.\n\
+        Layer numbering follows the persona-vector convention: residual index 0 is the token embeddings and\n\
+        index k (1..=N) is the output of block k-1.",
+    after_help = "Examples:\n  \
+        personascope chat models/SmolLM2-135M-Instruct.Q4_1.gguf\n  \
+        personascope inspect models/SmolLM2-135M-Instruct.Q4_1.gguf\n  \
+        echo '[{\"role\":\"user\",\"content\":\"What is the capital of France?\"}]' > m.json\n  \
+        personascope generate --model models/SmolLM2-135M-Instruct.Q4_1.gguf --messages m.json --max-tokens 32 --greedy --json"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Backend {
+    /// The CPU reference forward pass.
+    Cpu,
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// Path to a GGUF model file.
+    #[arg(long, short = 'm')]
+    model: PathBuf,
+    /// Where the model runs.
+    #[arg(long, value_enum, default_value = "cpu")]
+    backend: Backend,
+}
+
+#[derive(Args)]
+struct Sampling {
+    /// Always take the most likely token (the default unless --temperature is given).
+    #[arg(long, conflicts_with = "temperature")]
+    greedy: bool,
+    /// Sampling temperature (> 0 samples; 0 is greedy).
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Keep only the k most likely tokens when sampling (0 = all).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Nucleus sampling: keep the most likely tokens up to this total probability.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Penalize tokens already in the context (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    /// Random seed for sampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+impl Sampling {
+    fn params(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: if self.greedy { 0.0 } else { self.temperature.unwrap_or(0.0) },
+            top_k: self.top_k,
+            top_p: self.top_p,
+            repetition_penalty: self.repetition_penalty,
+            seed: self.seed,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Chat with a model in the terminal (type /help inside for commands).
+    Chat {
+        /// Path to a GGUF model file.
+        model: PathBuf,
+        /// System prompt (otherwise the model template's default applies).
+        #[arg(long)]
+        system: Option<String>,
+        /// Most tokens per reply.
+        #[arg(long, default_value_t = 256)]
+        max_tokens: usize,
+        /// Sampling temperature for replies (0 = greedy).
+        #[arg(long, default_value_t = 0.7)]
+        temperature: f32,
+        #[arg(long, default_value_t = 40)]
+        top_k: usize,
+        #[arg(long, default_value_t = 0.9)]
+        top_p: f32,
+        #[arg(long, default_value_t = 1.1)]
+        repetition_penalty: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Show a model's architecture, size, tensor types, tokenizer and chat template.
+    Inspect {
+        /// Path to a GGUF file.
+        model: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Tokenize a text file as plain text (no special tokens added or matched): {"ids":[...]}.
+    Tokenize {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        text_file: PathBuf,
+    },
+    /// Render a conversation with the model's chat template and generation prompt: {"text": "..."}.
+    Render {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        messages: PathBuf,
+    },
+    /// Top logits at the last prompt position: {"prompt_ids":[...],"top":[[id,logit],...]}.
+    Logits {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        messages: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        top_k: usize,
+    },
+    /// L2 norm of each block's output at the last prompt position, block 0 first: {"norms":[...]}.
+    Residuals {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        messages: PathBuf,
+    },
+    /// Generate a reply: {"prompt_ids":[...],"ids":[...],"text":"..."} with --json, else the text.
+    Generate {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        messages: PathBuf,
+        #[arg(long, default_value_t = 128)]
+        max_tokens: usize,
+        #[command(flatten)]
+        sampling: Sampling,
+        /// Print JSON (with timing) instead of streaming text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+type CliResult<T> = Result<T, String>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("personascope: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(args: &ModelArgs) -> CliResult<Model> {
+    let Backend::Cpu = args.backend;
+    load_path(&args.model)
+}
+
+fn load_path(path: &Path) -> CliResult<Model> {
+    Model::load(path).map_err(|e| e.to_string())
+}
+
+fn read_messages(path: &Path) -> CliResult<Vec<Message>> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_str(&text)
+        .map_err(|e| format!("{}: expected a JSON array of {{\"role\", \"content\"}} objects: {e}", path.display()))
+}
+
+fn prompt_ids(model: &Model, path: &Path) -> CliResult<Vec<u32>> {
+    let messages = read_messages(path)?;
+    model.template.encode_prompt(&model.tokenizer, &messages).map_err(|e| e.to_string())
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!("{v}");
+}
+
+fn run(command: Command) -> CliResult<()> {
+    match command {
+        Command::Chat { model, system, max_tokens, temperature, top_k, top_p, repetition_penalty, seed } => {
+            let params = SamplingParams { temperature, top_k, top_p, repetition_penalty, seed };
+            params.validate().map_err(|e| e.to_string())?;
+            chat(&model, system, max_tokens, params)
+        }
+        Command::Inspect { model, json } => inspect(&model, json),
+        Command::Tokenize { model, text_file } => {
+            let m = load(&model)?;
+            let text = std::fs::read_to_string(&text_file).map_err(|e| format!("{}: {e}", text_file.display()))?;
+            let ids = m.tokenizer.encode(&text).map_err(|e| e.to_string())?;
+            print_json(&json!({ "ids": ids }));
+            Ok(())
+        }
+        Command::Render { model, messages } => {
+            let m = load(&model)?;
+            let msgs = read_messages(&messages)?;
+            let text = m.template.render(&msgs, true).map_err(|e| e.to_string())?;
+            print_json(&json!({ "text": text }));
+            Ok(())
+        }
+        Command::Logits { model, messages, top_k } => {
+            let m = load(&model)?;
+            let ids = prompt_ids(&m, &messages)?;
+            let mut cache = m.new_cache();
+            let logits = m.forward(&mut cache, &ids, &mut NoHook, Logits::Last).map_err(|e| e.to_string())?;
+            let mut order: Vec<usize> = (0..logits.len()).collect();
+            order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+            let top: Vec<_> = order.iter().take(top_k).map(|&i| json!([i, logits[i]])).collect();
+            print_json(&json!({ "prompt_ids": ids, "top": top }));
+            Ok(())
+        }
+        Command::Residuals { model, messages } => {
+            let m = load(&model)?;
+            let ids = prompt_ids(&m, &messages)?;
+            let last = ids.len() - 1;
+            let n = m.config.n_layers;
+            let mut capture = Capture::new(n, 1..=n, last..last + 1);
+            let mut cache = m.new_cache();
+            m.forward(&mut cache, &ids, &mut capture, Logits::Last).map_err(|e| e.to_string())?;
+            let norms: Vec<f64> = (1..=n)
+                .map(|l| {
+                    capture.rows[l].iter().map(|(_, v)| v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt()).sum()
+                })
+                .collect();
+            print_json(&json!({ "norms": norms }));
+            Ok(())
+        }
+        Command::Generate { model, messages, max_tokens, sampling, json } => {
+            let m = load(&model)?;
+            let ids = prompt_ids(&m, &messages)?;
+            let start = Instant::now();
+            let mut first_token = None;
+            let mut stdout = std::io::stdout();
+            let out = generate(&m, &ids, max_tokens, sampling.params(), &mut NoHook, &mut |ev| {
+                first_token.get_or_insert_with(|| start.elapsed());
+                if !json {
+                    print!("{}", ev.text);
+                    let _ = stdout.flush();
+                }
+                Flow::Continue
+            })
+            .map_err(|e| e.to_string())?;
+            let total = start.elapsed();
+            if json {
+                let prefill = first_token.unwrap_or(total).as_secs_f64();
+                let decode_s = total.as_secs_f64() - prefill;
+                let decode_tps = if out.ids.len() > 1 { (out.ids.len() - 1) as f64 / decode_s } else { 0.0 };
+                print_json(&json!({
+                    "prompt_ids": out.prompt_ids,
+                    "ids": out.ids,
+                    "text": out.text,
+                    "stop": out.stop,
+                    "timing": {
+                        "prefill_s": prefill,
+                        "prefill_tok_s": ids.len() as f64 / prefill,
+                        "decode_tok_s": decode_tps,
+                        "total_s": total.as_secs_f64(),
+                    }
+                }));
+            } else {
+                println!();
+            }
+            Ok(())
+        }
+    }
+}
+
+fn inspect(path: &Path, as_json: bool) -> CliResult<()> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let g = Gguf::parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut types = std::collections::BTreeMap::<String, (usize, u64)>::new();
+    for t in &g.tensors {
+        let e = types.entry(t.ty.name().to_string()).or_default();
+        e.0 += 1;
+        e.1 += t.len as u64;
+    }
+    let params: u64 = g.tensors.iter().map(|t| t.n_elements()).sum();
+    let model = Model::from_bytes(bytes.clone());
+    let config = model.as_ref().map(|m| format!("{:?}", m.config)).map_err(|e| e.to_string());
+    let template = g.get("tokenizer.chat_template").and_then(|v| v.as_str()).unwrap_or("");
+    let str_key = |k: &str| g.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+    if as_json {
+        print_json(&json!({
+            "file": path.display().to_string(),
+            "bytes": bytes.len(),
+            "gguf_version": g.version,
+            "name": str_key("general.name"),
+            "architecture": str_key("general.architecture"),
+            "parameters": params,
+            "tensors": g.tensors.len(),
+            "tensor_types": types.iter().map(|(k, (n, b))| (k.clone(), json!({"count": n, "bytes": b}))).collect::<serde_json::Map<_, _>>(),
+            "tokenizer": { "model": str_key("tokenizer.ggml.model"), "pre": str_key("tokenizer.ggml.pre") },
+            "config": config.as_ref().ok(),
+            "loadable": config.as_ref().err(),
+            "chat_template": template,
+        }));
+        return Ok(());
+    }
+    println!("file          {} ({:.1} MB, GGUF v{})", path.display(), bytes.len() as f64 / 1e6, g.version);
+    println!("name          {}", str_key("general.name"));
+    println!("architecture  {}", str_key("general.architecture"));
+    println!("parameters    {:.1} M in {} tensors", params as f64 / 1e6, g.tensors.len());
+    for (ty, (n, b)) in &types {
+        println!("  {ty:<6} {n:>4} tensors {:>9.1} MB", *b as f64 / 1e6);
+    }
+    println!("tokenizer     {} / pre-tokenizer {}", str_key("tokenizer.ggml.model"), str_key("tokenizer.ggml.pre"));
+    match &model {
+        Ok(m) => {
+            let c = &m.config;
+            println!(
+                "config        {} blocks, width {}, FFN {}, {} heads / {} KV heads of {}, vocab {}, context {}",
+                c.n_layers, c.d_model, c.d_ff, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab_size, c.context_length
+            );
+            println!(
+                "              RoPE base {} ({:?} pairs, {} dims), RMSNorm eps {}, tied LM head: {}",
+                c.rope_base, c.rope_pairing, c.rope_dim, c.rms_eps, c.tied_embeddings
+            );
+            println!("residual      indices 0..={} (0 = embeddings, k = output of block k-1)", c.n_layers);
+        }
+        Err(e) => println!("not loadable  {e}"),
+    }
+    println!("chat template {} characters", template.len());
+    Ok(())
+}
+
+fn chat(path: &Path, system: Option<String>, max_tokens: usize, params: SamplingParams) -> CliResult<()> {
+    eprintln!("loading {} ...", path.display());
+    let m = load_path(path)?;
+    eprintln!(
+        "{} ({} blocks, width {}). Type a message; /reset starts over, /system TEXT sets the system prompt, /quit leaves.",
+        m.name, m.config.n_layers, m.config.d_model
+    );
+    let mut messages: Vec<Message> = Vec::new();
+    let mut system = system;
+    let stdin = std::io::stdin();
+    let mut stdout = std::io::stdout();
+    let mut turn = 0u64;
+    loop {
+        print!("\n> ");
+        let _ = stdout.flush();
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line).map_err(|e| e.to_string())? == 0 {
+            println!();
+            return Ok(());
+        }
+        let line = line.trim_end_matches(['\n', '\r']);
+        match line.trim() {
+            "" => continue,
+            "/quit" | "/exit" => return Ok(()),
+            "/reset" => {
+                messages.clear();
+                println!("(new conversation)");
+                continue;
+            }
+            "/help" => {
+                println!("/reset  new conversation\n/system TEXT  set the system prompt (starts over)\n/quit  leave");
+                continue;
+            }
+            cmd if cmd.starts_with("/system") => {
+                system = Some(cmd.trim_start_matches("/system").trim().to_string()).filter(|s| !s.is_empty());
+                messages.clear();
+                println!("(system prompt set; new conversation)");
+                continue;
+            }
+            _ => {}
+        }
+        messages.push(Message { role: "user".into(), content: line.to_string() });
+        let mut convo = Vec::new();
+        if let Some(s) = &system {
+            convo.push(Message { role: "system".into(), content: s.clone() });
+        }
+        convo.extend(messages.iter().cloned());
+        let ids = m.template.encode_prompt(&m.tokenizer, &convo).map_err(|e| e.to_string())?;
+        let start = Instant::now();
+        let mut p = params.clone();
+        p.seed = params.seed.wrapping_add(turn);
+        turn += 1;
+        let out = generate(&m, &ids, max_tokens, p, &mut NoHook, &mut |ev| {
+            print!("{}", ev.text);
+            let _ = stdout.flush();
+            Flow::Continue
+        });
+        match out {
+            Ok(out) => {
+                let secs = start.elapsed().as_secs_f64();
+                if out.stop == StopReason::MaxTokens {
+                    print!(" [token limit]");
+                }
+                eprintln!("\n({} tokens, {:.1} tok/s)", out.ids.len(), out.ids.len() as f64 / secs);
+                messages.push(Message { role: "assistant".into(), content: out.text });
+            }
+            Err(e) => {
+                eprintln!("\nerror: {e}");
+                messages.pop();
+            }
+        }
+    }
+}

@@ -13,7 +13,7 @@ mod value;
 mod writer;
 
 pub use error::GgufError;
-pub use quant::{dequantize, dot_row, QK_K};
+pub use quant::{dequantize, dot_f32, dot_row, QK_K};
 pub use reader::{Gguf, TensorInfo, GGML_MAX_DIMS};
 pub use types::GgmlType;
 pub use value::{Value, ValueType};

@@ -74,12 +74,12 @@ pub fn dot_row(ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
                     for (i, dst) in buf[..n].iter_mut().enumerate() {
                         decode(&w[i * es..i * es + es], std::slice::from_mut(dst));
                     }
-                    sum += dot(&buf[..n], &xs[..n]);
+                    sum += dot_f32(&buf[..n], &xs[..n]);
                 }
             } else {
                 for (block, xs) in row.chunks_exact(ty.type_size()).zip(x.chunks_exact(bs)) {
                     decode(block, &mut buf[..bs]);
-                    sum += dot(&buf[..bs], xs);
+                    sum += dot_f32(&buf[..bs], xs);
                 }
             }
             sum
@@ -89,7 +89,7 @@ pub fn dot_row(ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
 
 /// f32 dot product with eight independent accumulators, so the compiler can vectorize it.
 #[inline]
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();

@@ -9,7 +9,7 @@ pub const GGML_MAX_DIMS: usize = 4;
 /// file cannot recurse the reader into a stack overflow.
 const MAX_ARRAY_DEPTH: usize = 2;
 /// Largest accepted `general.alignment` (1 GiB): larger values only serve to make offsets overflow.
-const MAX_ALIGNMENT: u64 = 1 << 30;
+pub(crate) const MAX_ALIGNMENT: u64 = 1 << 30;
 
 /// One entry of the tensor table, validated against the file.
 #[derive(Debug, Clone, PartialEq)]
@@ -132,6 +132,11 @@ impl<'a> Cursor<'a> {
                 let type_id = self.u32(&|| format!("array element type of metadata key `{key}`"))?;
                 let elem = ValueType::from_id(type_id)
                     .ok_or_else(|| GgufError::BadValueType { key: key.to_string(), type_id })?;
+                // An array whose elements are arrays nests one level deeper even when it is empty; refuse it here
+                // too, so that everything the reader accepts the writer can write back.
+                if elem == ValueType::Array && depth + 1 >= MAX_ARRAY_DEPTH {
+                    return Err(GgufError::NestingTooDeep { key: key.to_string(), depth: depth + 2 });
+                }
                 let count_what = || format!("array length of metadata key `{key}`");
                 let count = self.u64(&count_what)?;
                 self.check_count(count, elem.min_bytes(), &count_what)?;

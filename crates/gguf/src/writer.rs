@@ -1,5 +1,6 @@
 //! The GGUF writer (version 3, little-endian). Used for test fixtures and for control-vector files.
 
+use crate::reader::{GGML_MAX_DIMS, MAX_ALIGNMENT};
 use crate::value::{Value, ValueType};
 use crate::{GgmlType, GgufError, DEFAULT_ALIGNMENT, MAGIC};
 
@@ -44,6 +45,14 @@ impl GgufWriter {
         if self.tensors.iter().any(|t| t.name == name) {
             return Err(GgufError::DuplicateTensor(name));
         }
+        // Refuse what the reader would refuse, so that every file written can be read back.
+        if dims.len() > GGML_MAX_DIMS {
+            return Err(GgufError::TooManyDims { name, n_dims: dims.len() as u32, max: GGML_MAX_DIMS });
+        }
+        let row = dims.first().copied().unwrap_or(1);
+        if row % ty.block_size() as u64 != 0 {
+            return Err(GgufError::RowNotBlockMultiple { name, ty: ty.name(), row, block: ty.block_size() as u64 });
+        }
         let count = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
         let needed = count.and_then(|n| ty.bytes_for(n));
         if needed != Some(data.len() as u64) {
@@ -69,9 +78,15 @@ impl GgufWriter {
     pub fn to_bytes(&self) -> Result<Vec<u8>, GgufError> {
         let alignment = match self.metadata.iter().find(|(k, _)| k == "general.alignment") {
             None => DEFAULT_ALIGNMENT,
+            // Same limit as the reader: a larger alignment would pad the file to gigabytes (and on 32-bit targets
+            // truncate to zero in the `as usize` below).
             Some((_, v)) => match v.as_u64() {
-                Some(a) if a.is_power_of_two() => a,
-                _ => return Err(GgufError::Writer(format!("general.alignment must be a power of two, got {v:?}"))),
+                Some(a) if a.is_power_of_two() && a <= MAX_ALIGNMENT => a,
+                _ => {
+                    return Err(GgufError::Writer(format!(
+                        "general.alignment must be a power of two between 1 and 2^30, got {v:?}"
+                    )))
+                }
             },
         } as usize;
         let mut out = Vec::new();

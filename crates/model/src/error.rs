@@ -24,6 +24,17 @@ pub enum ModelError {
     Hook(String),
     #[error("sampling: {0}")]
     Sampling(String),
+    #[error("{0}")]
+    Io(String),
+    #[error("{path}: {source}")]
+    File { path: String, source: Box<ModelError> },
 }
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
+
+impl ModelError {
+    /// Prefixes the message with the file it came from.
+    pub fn in_file(self, path: &std::path::Path) -> Self {
+        ModelError::File { path: path.display().to_string(), source: Box::new(self) }
+    }
+}

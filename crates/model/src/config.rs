@@ -1,0 +1,159 @@
+//! Hyperparameters read from GGUF metadata and cross-checked against tensor shapes.
+//!
+//! Supported families and their quirks:
+//! - `llama` (SmolLM2, Llama 3.x): no biases; the GGUF converter permutes Q/K rows so RoPE rotates *interleaved*
+//!   pairs (2i, 2i+1); Llama 3's frequency scaling arrives as the tensor `rope_freqs.weight` (one divisor per
+//!   pair); the LM head may be tied to the token embedding.
+//! - `qwen2` (Qwen2.5): biases on Q, K and V; RoPE rotates *halves* (i, i + rope_dim/2), the NeoX pairing.
+
+use crate::{ModelError, Result};
+use personascope_gguf::Gguf;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    Llama,
+    Qwen2,
+}
+
+impl Arch {
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Qwen2 => "qwen2",
+        }
+    }
+}
+
+/// Which elements of a head RoPE rotates together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopePairing {
+    /// (2i, 2i+1): llama.cpp's "normal" mode, right for GGUF Llama files (Q/K rows were permuted at conversion).
+    Interleaved,
+    /// (i, i + rope_dim/2): NeoX / Hugging Face `rotate_half`, used by Qwen2.
+    Halves,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub arch: Arch,
+    /// Decoder blocks, N. Residual-stream positions are numbered 0..=N (0 = embeddings).
+    pub n_layers: usize,
+    /// Residual width d.
+    pub d_model: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub d_ff: usize,
+    pub vocab_size: usize,
+    pub context_length: usize,
+    pub rms_eps: f32,
+    pub rope_base: f32,
+    /// Dimensions of each head that RoPE rotates (the rest pass through).
+    pub rope_dim: usize,
+    pub rope_pairing: RopePairing,
+    /// Linear RoPE scaling: positions are divided by this (1 = none).
+    pub rope_linear_scale: f32,
+    pub qkv_bias: bool,
+    /// The LM head is the token embedding (no `output.weight`).
+    pub tied_embeddings: bool,
+}
+
+fn count(g: &Gguf, key: &str) -> Result<usize> {
+    let v = g.get_u64(key)?;
+    usize::try_from(v)
+        .ok()
+        .filter(|&v| v > 0 && v < (1 << 31))
+        .ok_or_else(|| ModelError::Config(format!("`{key}` = {v} is not a usable size")))
+}
+
+impl Config {
+    pub fn from_gguf(g: &Gguf) -> Result<Self> {
+        let arch_name = g.get_str("general.architecture")?;
+        let arch = match arch_name {
+            "llama" => Arch::Llama,
+            "qwen2" => Arch::Qwen2,
+            other => return Err(ModelError::UnsupportedArchitecture(other.to_string())),
+        };
+        let k = |suffix: &str| format!("{arch_name}.{suffix}");
+        let n_layers = count(g, &k("block_count"))?;
+        let d_model = count(g, &k("embedding_length"))?;
+        let n_heads = count(g, &k("attention.head_count"))?;
+        let n_kv_heads = match g.get(&k("attention.head_count_kv")) {
+            Some(_) => count(g, &k("attention.head_count_kv"))?,
+            None => n_heads,
+        };
+        let d_ff = count(g, &k("feed_forward_length"))?;
+        let context_length = count(g, &k("context_length"))?;
+        let head_dim = match g.get(&k("attention.key_length")) {
+            Some(_) => count(g, &k("attention.key_length"))?,
+            None => d_model / n_heads,
+        };
+        if n_heads % n_kv_heads != 0 {
+            return Err(ModelError::Config(format!(
+                "{n_heads} attention heads are not a multiple of {n_kv_heads} key/value heads"
+            )));
+        }
+        let rope_dim = match g.get(&k("rope.dimension_count")) {
+            Some(_) => count(g, &k("rope.dimension_count"))?,
+            None => head_dim,
+        };
+        if rope_dim > head_dim || rope_dim % 2 != 0 {
+            return Err(ModelError::Config(format!(
+                "rope dimension {rope_dim} does not fit head dimension {head_dim}"
+            )));
+        }
+        let rms_eps = g.get_f64(&k("attention.layer_norm_rms_epsilon"))? as f32;
+        let rope_base = match g.get(&k("rope.freq_base")) {
+            Some(_) => g.get_f64(&k("rope.freq_base"))? as f32,
+            None => 10_000.0,
+        };
+        let rope_linear_scale = match g.get(&k("rope.scaling.type")).and_then(|v| v.as_str()) {
+            None | Some("none") => 1.0,
+            Some("linear") => g.get_f64(&k("rope.scaling.factor"))? as f32,
+            // Llama 3 files carry their scaling as the `rope_freqs.weight` tensor; the key may still say "llama3".
+            Some("llama3") if g.tensor("rope_freqs.weight").is_some() => 1.0,
+            Some(other) => return Err(ModelError::Config(format!("RoPE scaling `{other}` is not supported"))),
+        };
+        let embd = g
+            .tensor("token_embd.weight")
+            .ok_or_else(|| ModelError::Tensor { name: "token_embd.weight".into(), msg: "missing".into() })?;
+        let vocab_size = match embd.dims.as_slice() {
+            [d, v] if *d as usize == d_model => *v as usize,
+            dims => {
+                return Err(ModelError::Tensor {
+                    name: "token_embd.weight".into(),
+                    msg: format!("shape {dims:?}, expected [{d_model}, vocab]"),
+                })
+            }
+        };
+        Ok(Config {
+            arch,
+            n_layers,
+            d_model,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            d_ff,
+            vocab_size,
+            context_length,
+            rms_eps,
+            rope_base,
+            rope_dim,
+            rope_pairing: match arch {
+                Arch::Llama => RopePairing::Interleaved,
+                Arch::Qwen2 => RopePairing::Halves,
+            },
+            rope_linear_scale,
+            qkv_bias: arch == Arch::Qwen2,
+            tied_embeddings: g.tensor("output.weight").is_none(),
+        })
+    }
+
+    pub fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+}

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Runs every test: installs what they need (the default model, toolchain pieces), then format and lint checks,
+# the wasm32 build of the model crate, and the whole test suite. Safe to run again; it only installs what is
+# missing. Set CARGO_TARGET_DIR to reuse a build directory.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "default model"
+bash models/fetch.sh
+
+step "toolchain (rust-toolchain.toml: rustfmt, clippy, wasm32 target)"
+rustup show active-toolchain
+rustup component add rustfmt clippy >/dev/null
+rustup target add wasm32-unknown-unknown >/dev/null
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "wasm32 build of the model crate (tokenizer, template, CPU forward)"
+cargo build --quiet --target wasm32-unknown-unknown -p personascope-model --no-default-features
+
+step "cargo test"
+set +e
+cargo test --workspace --no-fail-fast 2>&1 | tee "${TMPDIR:-/tmp}/personascope-test.log"
+status=${PIPESTATUS[0]}
+set -e
+
+step "summary"
+grep -E '^test result:|FAILED|panicked' "${TMPDIR:-/tmp}/personascope-test.log" || true
+passed=$(grep -Eo '[0-9]+ passed' "${TMPDIR:-/tmp}/personascope-test.log" | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed' "${TMPDIR:-/tmp}/personascope-test.log" | awk '{s+=$1} END {print s+0}')
+echo "tests: $passed passed, $failed failed"
+exit "$status"
