@@ -61,30 +61,64 @@ pub fn dot_row(ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
             }
             sum
         }
-        _ => {
-            let decode = block_decoder(ty);
-            let bs = ty.block_size();
-            let mut buf = [0f32; QK_K];
-            let mut sum = 0f32;
-            if bs == 1 {
-                // F16 / BF16: decode in runs of QK_K elements.
-                let es = ty.type_size();
-                for (w, xs) in row.chunks(QK_K * es).zip(x.chunks(QK_K)) {
-                    let n = xs.len().min(w.len() / es);
-                    for (i, dst) in buf[..n].iter_mut().enumerate() {
-                        decode(&w[i * es..i * es + es], std::slice::from_mut(dst));
-                    }
-                    sum += dot_f32(&buf[..n], &xs[..n]);
+        // Each type's block decoder is inlined into the loop, so decode and dot vectorize together.
+        GgmlType::Q8_0 => decoded_blocks::<34, 32>(row, x, q8_0),
+        GgmlType::Q4_0 => decoded_blocks::<18, 32>(row, x, q4_0),
+        GgmlType::Q4_1 => decoded_blocks::<20, 32>(row, x, q4_1),
+        GgmlType::Q5_0 => decoded_blocks::<22, 32>(row, x, q5_0),
+        GgmlType::Q5_1 => decoded_blocks::<24, 32>(row, x, q5_1),
+        GgmlType::Q4K => decoded_blocks::<144, QK_K>(row, x, q4_k),
+        GgmlType::Q5K => decoded_blocks::<176, QK_K>(row, x, q5_k),
+        GgmlType::Q6K => decoded_blocks::<210, QK_K>(row, x, q6_k),
+        GgmlType::F16 => {
+            decoded_blocks::<{ 2 * 64 }, 64>(row, x, |b, y| {
+                for (v, h) in y.iter_mut().zip(b.chunks_exact(2)) {
+                    *v = f16_at(h, 0);
                 }
-            } else {
-                for (block, xs) in row.chunks_exact(ty.type_size()).zip(x.chunks_exact(bs)) {
-                    decode(block, &mut buf[..bs]);
-                    sum += dot_f32(&buf[..bs], xs);
+            }) + tail_dot(ty, row, x, 64)
+        }
+        GgmlType::BF16 => {
+            decoded_blocks::<{ 2 * 64 }, 64>(row, x, |b, y| {
+                for (v, h) in y.iter_mut().zip(b.chunks_exact(2)) {
+                    *v = bf16::from_le_bytes([h[0], h[1]]).to_f32();
                 }
-            }
-            sum
+            }) + tail_dot(ty, row, x, 64)
         }
     }
+}
+
+/// Sum over blocks of (block decoded into BS floats) . x, with the decoder inlined.
+#[inline(always)]
+fn decoded_blocks<const TS: usize, const BS: usize>(row: &[u8], x: &[f32], decode: impl Fn(&[u8], &mut [f32])) -> f32 {
+    let mut buf = [0f32; BS];
+    // Eight lanes carried across blocks and reduced once per row, so the loop vectorizes.
+    let mut acc = [0f32; 8];
+    for (b, xs) in row.chunks_exact(TS).zip(x.chunks_exact(BS)) {
+        decode(b, &mut buf);
+        for (w8, x8) in buf.chunks_exact(8).zip(xs.chunks_exact(8)) {
+            for i in 0..8 {
+                acc[i] += w8[i] * x8[i];
+            }
+        }
+    }
+    acc.iter().sum()
+}
+
+/// For the element types processed in runs of `run`: the part of the row after the last whole run.
+fn tail_dot(ty: GgmlType, row: &[u8], x: &[f32], run: usize) -> f32 {
+    let done = x.len() / run * run;
+    let es = ty.type_size();
+    let decode = block_decoder(ty);
+    let mut sum = 0f32;
+    for (i, xv) in x[done..].iter().enumerate() {
+        let at = (done + i) * es;
+        if let Some(b) = row.get(at..at + es) {
+            let mut v = 0f32;
+            decode(b, std::slice::from_mut(&mut v));
+            sum += v * xv;
+        }
+    }
+    sum
 }
 
 /// f32 dot product with eight independent accumulators, so the compiler can vectorize it.
