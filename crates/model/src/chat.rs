@@ -174,8 +174,11 @@ impl ChatTemplate {
     /// templates trim). If the walk does not fit (the template rewrites contents), this is an error, not a guess.
     /// Apart from that, the ids equal `tok.encode_with_special(&self.render(messages, true)?)`.
     pub fn encode_prompt(&self, tok: &Tokenizer, messages: &[Message]) -> Result<Vec<u32>> {
+        // Roles are template input that cannot be told apart from template text: refuse markers and sentinels.
         for m in messages {
-            if tok.encode_with_special(&m.role)? != tok.encode(&m.role)? {
+            if m.role.contains([SENTINEL_OPEN, SENTINEL_CLOSE])
+                || tok.encode_with_special(&m.role)? != tok.encode(&m.role)?
+            {
                 return Err(tmpl_err(format!("message role {:?} contains special-token text", m.role)));
             }
         }
@@ -851,6 +854,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::single_range_in_vec_init)] // One content, one range.
     fn locate_prefers_exact_then_trimmed() {
         let pieces = vec!["<a>".to_string(), "</a>".to_string()];
         assert_eq!(locate_contents("<a> x </a>", &pieces, &[" x "]), Some(vec![3..6]));

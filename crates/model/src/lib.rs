@@ -7,6 +7,7 @@ mod error;
 pub mod generate;
 pub mod hooks;
 pub mod model;
+pub mod ops;
 pub mod sample;
 pub mod tokenizer;
 mod weights;

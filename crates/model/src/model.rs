@@ -1,11 +1,13 @@
 //! The CPU reference forward pass. It is the specification the GPU engine is tested against, so it favours
 //! clarity: f32 activations, one function from tokens to logits, every buffer named with its shape.
 
-use crate::config::{Config, RopePairing};
+use crate::config::Config;
 use crate::hooks::ResidualHook;
+use crate::ops;
+use crate::ops::{add, add_bias, attention, rms_norm, silu_gate};
 use crate::weights::{QMatrix, Weights};
 use crate::{ChatTemplate, ModelError, Result, Tokenizer};
-use personascope_gguf::{dot_f32 as dot, Gguf};
+use personascope_gguf::Gguf;
 
 /// Which positions' logits a forward call returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,7 +163,7 @@ impl Model {
             self.rope(&mut k, c.n_kv_heads, pos0);
             cache.k[l].extend_from_slice(&k);
             cache.v[l].extend_from_slice(&v);
-            attention(c, &q, &cache.k[l], &cache.v[l], pos0, &mut att);
+            attention(c.n_heads, c.n_kv_heads, c.head_dim, &q, &cache.k[l], &cache.v[l], pos0, &mut att);
             b.wo.matmul(file, &att, &mut proj);
             add(&mut x, &proj);
 
@@ -169,9 +171,7 @@ impl Model {
             rms_norm(&x, &b.ffn_norm, c.rms_eps, &mut xn);
             b.w_gate.matmul(file, &xn, &mut gate);
             b.w_up.matmul(file, &xn, &mut up);
-            for (g, u) in gate.iter_mut().zip(&up) {
-                *g = *g / (1.0 + (-*g).exp()) * u;
-            }
+            silu_gate(&mut gate, &up);
             b.w_down.matmul(file, &gate, &mut proj);
             add(&mut x, &proj);
 
@@ -194,86 +194,13 @@ impl Model {
         out
     }
 
-    /// Rotates the first `rope_dim` elements of every head of `x` ([n, heads * head_dim]) for positions pos0...
+    /// RoPE inverse frequency of each rotated pair (Llama 3 divisors applied).
+    pub fn inv_freq(&self) -> &[f32] {
+        &self.inv_freq
+    }
+
     fn rope(&self, x: &mut [f32], heads: usize, pos0: usize) {
         let c = &self.config;
-        let (hd, half) = (c.head_dim, c.rope_dim / 2);
-        for (t, row) in x.chunks_exact_mut(heads * hd).enumerate() {
-            let pos = (pos0 + t) as f32 / c.rope_linear_scale;
-            for head in row.chunks_exact_mut(hd) {
-                for (i, &f) in self.inv_freq.iter().enumerate() {
-                    let (sin, cos) = ((pos * f) as f64).sin_cos();
-                    let (sin, cos) = (sin as f32, cos as f32);
-                    let (a, b) = match c.rope_pairing {
-                        RopePairing::Interleaved => (2 * i, 2 * i + 1),
-                        RopePairing::Halves => (i, i + half),
-                    };
-                    let (x0, x1) = (head[a], head[b]);
-                    head[a] = x0 * cos - x1 * sin;
-                    head[b] = x0 * sin + x1 * cos;
-                }
-            }
-        }
-    }
-}
-
-/// out = x / sqrt(mean(x^2) + eps) * w, row by row (rows of w.len()).
-fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    for (xr, or) in x.chunks_exact(w.len()).zip(out.chunks_exact_mut(w.len())) {
-        let ms = xr.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / w.len() as f64;
-        let scale = (1.0 / (ms + eps as f64).sqrt()) as f32;
-        for ((o, &xv), &wv) in or.iter_mut().zip(xr).zip(w) {
-            *o = xv * scale * wv;
-        }
-    }
-}
-
-fn add(x: &mut [f32], y: &[f32]) {
-    for (a, b) in x.iter_mut().zip(y) {
-        *a += b;
-    }
-}
-
-fn add_bias(x: &mut [f32], bias: &[f32]) {
-    for row in x.chunks_exact_mut(bias.len()) {
-        add(row, bias);
-    }
-}
-
-/// Causal attention with grouped key/value heads. `q`: [n, n_heads * hd] for positions pos0..pos0+n;
-/// `k_cache`, `v_cache`: [pos0 + n, n_kv_heads * hd]; `out`: [n, n_heads * hd].
-fn attention(c: &Config, q: &[f32], k_cache: &[f32], v_cache: &[f32], pos0: usize, out: &mut [f32]) {
-    let (hd, kv_dim) = (c.head_dim, c.kv_dim());
-    let group = c.n_heads / c.n_kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
-    let one_head = |idx: usize, o: &mut [f32]| {
-        let (t, h) = (idx / c.n_heads, idx % c.n_heads);
-        let kv_off = (h / group) * hd;
-        let qh = &q[idx * hd..(idx + 1) * hd];
-        let n_keys = pos0 + t + 1;
-        let mut scores: Vec<f32> =
-            (0..n_keys).map(|j| dot(qh, &k_cache[j * kv_dim + kv_off..j * kv_dim + kv_off + hd]) * scale).collect();
-        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-        let mut sum = 0f32;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        o.fill(0.0);
-        for (j, s) in scores.iter().enumerate() {
-            let p = s / sum;
-            for (oi, vi) in o.iter_mut().zip(&v_cache[j * kv_dim + kv_off..j * kv_dim + kv_off + hd]) {
-                *oi += p * vi;
-            }
-        }
-    };
-    #[cfg(feature = "parallel")]
-    {
-        use rayon::prelude::*;
-        out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| one_head(i, o));
-    }
-    #[cfg(not(feature = "parallel"))]
-    for (i, o) in out.chunks_mut(hd).enumerate() {
-        one_head(i, o);
+        ops::rope(x, heads, c.head_dim, pos0, &self.inv_freq, c.rope_pairing, c.rope_linear_scale);
     }
 }

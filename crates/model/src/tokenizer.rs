@@ -280,7 +280,7 @@ impl Tokenizer {
     /// Encodes text in which control-token text becomes the control token (leftmost-longest match). Only for
     /// text the program wrote itself, such as chat-template markers.
     pub fn encode_with_special(&self, text: &str) -> Result<Vec<u32>> {
-        self.encode_with_special_in(text, &[0..text.len()])
+        self.encode_with_special_in(text, std::slice::from_ref(&(0..text.len())))
     }
 
     /// Like [`Tokenizer::encode_with_special`], but special-token text is matched only where it lies wholly

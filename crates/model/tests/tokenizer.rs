@@ -139,7 +139,7 @@ fn special_text_in_user_text_is_plain() {
     assert_eq!(t.decode(&ids, true).expect("decode"), "user\nhi\n");
     // A marker only counts inside an allowed range.
     let text = "<|im_start|>a<|im_end|>";
-    let ids = t.encode_with_special_in(text, &[0..12]).expect("encode_with_special_in");
+    let ids = t.encode_with_special_in(text, std::slice::from_ref(&(0..12))).expect("encode_with_special_in");
     assert_eq!(ids[0], 1);
     assert!(!ids.contains(&2), "{ids:?}");
 }

@@ -1,0 +1,113 @@
+//! The operations of the forward pass, one function each. They are the CPU twins of the WGSL kernels in
+//! `shaders/`: the GPU engine's parity tests compare each kernel with the function of the same name here.
+
+use crate::config::RopePairing;
+use personascope_gguf::dot_f32 as dot;
+
+/// out = x / sqrt(mean(x^2) + eps) * w, row by row (rows of w.len()).
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    for (xr, or) in x.chunks_exact(w.len()).zip(out.chunks_exact_mut(w.len())) {
+        let ms = xr.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / w.len() as f64;
+        let scale = (1.0 / (ms + eps as f64).sqrt()) as f32;
+        for ((o, &xv), &wv) in or.iter_mut().zip(xr).zip(w) {
+            *o = xv * scale * wv;
+        }
+    }
+}
+
+pub fn add(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+pub fn add_bias(x: &mut [f32], bias: &[f32]) {
+    for row in x.chunks_exact_mut(bias.len()) {
+        add(row, bias);
+    }
+}
+
+/// Causal attention with grouped key/value heads. `q`: [n, n_heads * hd] for positions pos0..pos0+n;
+/// `k_cache`, `v_cache`: [pos0 + n, n_kv_heads * hd]; `out`: [n, n_heads * hd].
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    n_heads: usize,
+    n_kv_heads: usize,
+    hd: usize,
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    pos0: usize,
+    out: &mut [f32],
+) {
+    let kv_dim = n_kv_heads * hd;
+    let group = n_heads / n_kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let one_head = |idx: usize, o: &mut [f32]| {
+        let (t, h) = (idx / n_heads, idx % n_heads);
+        let kv_off = (h / group) * hd;
+        let qh = &q[idx * hd..(idx + 1) * hd];
+        let n_keys = pos0 + t + 1;
+        let mut scores: Vec<f32> =
+            (0..n_keys).map(|j| dot(qh, &k_cache[j * kv_dim + kv_off..j * kv_dim + kv_off + hd]) * scale).collect();
+        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+        let mut sum = 0f32;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        o.fill(0.0);
+        for (j, s) in scores.iter().enumerate() {
+            let p = s / sum;
+            for (oi, vi) in o.iter_mut().zip(&v_cache[j * kv_dim + kv_off..j * kv_dim + kv_off + hd]) {
+                *oi += p * vi;
+            }
+        }
+    };
+    #[cfg(feature = "parallel")]
+    {
+        use rayon::prelude::*;
+        out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| one_head(i, o));
+    }
+    #[cfg(not(feature = "parallel"))]
+    for (i, o) in out.chunks_mut(hd).enumerate() {
+        one_head(i, o);
+    }
+}
+
+/// gate = silu(gate) * up, element-wise (the SwiGLU feed-forward activation).
+pub fn silu_gate(gate: &mut [f32], up: &[f32]) {
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+/// Rotates the first `2 * inv_freq.len()` elements of every head of `x` ([n, heads * hd]) for positions
+/// pos0.., pairing elements as `pairing` says. Angles are computed in f32 like Hugging Face's.
+pub fn rope(
+    x: &mut [f32],
+    heads: usize,
+    hd: usize,
+    pos0: usize,
+    inv_freq: &[f32],
+    pairing: RopePairing,
+    linear_scale: f32,
+) {
+    let half = inv_freq.len();
+    for (t, row) in x.chunks_exact_mut(heads * hd).enumerate() {
+        let pos = (pos0 + t) as f32 / linear_scale;
+        for head in row.chunks_exact_mut(hd) {
+            for (i, &f) in inv_freq.iter().enumerate() {
+                let (sin, cos) = ((pos * f) as f64).sin_cos();
+                let (sin, cos) = (sin as f32, cos as f32);
+                let (a, b) = match pairing {
+                    RopePairing::Interleaved => (2 * i, 2 * i + 1),
+                    RopePairing::Halves => (i, i + half),
+                };
+                let (x0, x1) = (head[a], head[b]);
+                head[a] = x0 * cos - x1 * sin;
+                head[b] = x0 * sin + x1 * cos;
+            }
+        }
+    }
+}
