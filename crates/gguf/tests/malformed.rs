@@ -590,6 +590,20 @@ fn huge_dims() {
     let g = Gguf::parse(&b).unwrap();
     assert_eq!(g.tensors[0].n_elements(), 0);
     assert_eq!(g.tensors[0].len, 0);
+
+    // Found by the fuzzer (a bug in its harness, not the reader): a zero-element block-type tensor with an
+    // absurd row length is valid, holds no data, and dequantizes to nothing. Code that sizes a row buffer from
+    // dims[0] must check n_elements first.
+    let mut w = GgufWriter::new();
+    w.add_tensor("zero", &[32, 0], GgmlType::Q8_0, vec![]).unwrap();
+    let mut b = w.to_bytes().unwrap();
+    let f = tensor_fields(&b, "zero");
+    put_u64(&mut b, f.dims_at, (1 << 57) + 32);
+    let g = Gguf::parse(&b).unwrap();
+    let t = &g.tensors[0];
+    assert_eq!((t.dims.as_slice(), t.n_elements(), t.len), (&[(1u64 << 57) + 32, 0][..], 0, 0));
+    assert!(g.tensor_data(t).is_empty());
+    assert_eq!(g.tensor_f32("zero").unwrap(), Vec::<f32>::new());
 }
 
 #[test]
