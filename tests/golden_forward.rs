@@ -87,6 +87,15 @@ fn qwen2_tiny_matches_transformers() {
 }
 
 #[test]
+fn llama3_tiny_matches_transformers() {
+    // Llama 3 RoPE scaling (`rope_freqs.weight`), GQA 4:1, tied Q8_0 head, Q4_0/Q5_0/Q5_1/Q4_K/Q6_K matrices.
+    let model = Model::load(golden_path("llama3_tiny.gguf")).expect("load llama3_tiny");
+    assert_eq!(model.config.arch, personascope_model::Arch::Llama);
+    assert!(model.config.tied_embeddings);
+    check_model(&model, &golden_json("llama3_tiny_forward.json"));
+}
+
+#[test]
 fn france_greedy_reply_says_paris() {
     let model = Model::load(default_model()).expect("load SmolLM2");
     let messages = vec![Message { role: "user".into(), content: "What is the capital of France?".into() }];

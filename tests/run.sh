@@ -10,6 +10,19 @@ step() { printf '\n==> %s\n' "$*"; }
 step "default model"
 bash models/fetch.sh
 
+step "Vulkan software driver (lavapipe) for the GPU tests"
+if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || ! ldconfig -p | grep -q libvulkan.so.1; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null
+    else
+        sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null
+    fi
+fi
+ls /usr/share/vulkan/icd.d/lvp_icd*.json
+# Vulkan loaders warn on every process start without it.
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp/personascope-xdg}"
+mkdir -p -m 0700 "$XDG_RUNTIME_DIR"
+
 step "toolchain (rust-toolchain.toml: rustfmt, clippy, wasm32 target)"
 rustup show active-toolchain
 rustup component add rustfmt clippy >/dev/null

@@ -107,6 +107,12 @@ fn qwen2_tiny_matches_golden_ids() {
 }
 
 #[test]
+fn llama3_tiny_matches_golden_ids() {
+    let t = load("tests/golden/llama3_tiny.gguf");
+    check_golden(&t, "tests/golden/tokenizer_llama3_tiny.json", "llama-bpe");
+}
+
+#[test]
 fn smollm2_metadata() {
     let t = smollm2();
     assert_eq!(t.vocab_size(), 49152);

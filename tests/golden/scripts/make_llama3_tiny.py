@@ -66,7 +66,7 @@ from gguf import GGUFReader, GGUFWriter, TokenType
 from gguf.constants import GGML_QUANT_SIZES, LlamaFileType
 from gguf.quants import dequantize
 
-from common import GOLDEN_DIR, read_json, round_sig, versions, write_json
+from common import GOLDEN_DIR, read_json, versions, write_json
 from make_qwen2_tiny import CORPUS as QWEN2_CORPUS
 from make_qwen2_tiny import byte_alphabet, f16
 from make_qwen2_tiny import random_blocks as random_kquant_q8_blocks
@@ -88,6 +88,11 @@ FFN = 512
 CONTEXT = 1024
 ROPE_BASE = 500000.0
 RMS_EPS = 1.0e-5
+# Tied embeddings: a token's own embedding row scores sqrt(d)*EMBD_STD*|e|/|x| standard deviations above the
+# rest when the residual x still holds it, so a large EMBD_STD makes greedy decoding repeat the last token
+# forever. A small one with a larger output norm gain keeps the logits' scale and greedy decoding varied.
+EMBD_STD = 0.09
+OUTPUT_NORM_GAIN = 2.8
 
 # Llama 3.1 rope scaling, shrunk so that the tiny rope dimension gets non-trivial divisors (see the docstring).
 ROPE_SCALING = {
@@ -371,7 +376,7 @@ def write_gguf() -> None:
         return (1.0 + 0.15 * rng.standard_normal(D_MODEL)).astype(np.float32)
 
     # tied: token_embd is also the output projection
-    w.add_tensor("token_embd.weight", random_matrix(rng, T.Q8_0, vocab, D_MODEL, 0.25), raw_dtype=T.Q8_0)
+    w.add_tensor("token_embd.weight", random_matrix(rng, T.Q8_0, vocab, D_MODEL, EMBD_STD), raw_dtype=T.Q8_0)
     w.add_tensor("rope_freqs.weight", divisors)
     for i in range(N_LAYERS):
         w.add_tensor(f"blk.{i}.attn_norm.weight", norm_weight())
@@ -380,7 +385,7 @@ def write_gguf() -> None:
             qtype = layer_types[i][name]
             w.add_tensor(f"blk.{i}.{name}.weight", random_matrix(rng, qtype, rows, cols, std), raw_dtype=qtype)
         w.add_tensor(f"blk.{i}.ffn_norm.weight", norm_weight())
-    w.add_tensor("output_norm.weight", norm_weight())
+    w.add_tensor("output_norm.weight", (OUTPUT_NORM_GAIN * norm_weight()).astype(np.float32))
 
     w.write_header_to_file()
     w.write_kv_data_to_file()
@@ -407,9 +412,24 @@ def write_gguf() -> None:
 
 
 def load_tokenizer():
+    """transformers' tokenizer for the GGUF, less the stray `<|endoftext|>` special token (id = vocab size) that
+    its GGUF loader adds: the GPT2Tokenizer it builds on defaults unk/bos/eos to `<|endoftext|>`, which this
+    vocabulary (like Llama 3's) does not have, so that text would otherwise be matched as a token the model does
+    not have (llama.cpp treats it as plain text)."""
+    import json
+
+    from tokenizers import Tokenizer
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(GOLDEN_DIR), gguf_file=LLAMA3_TINY_GGUF)
+    tok = AutoTokenizer.from_pretrained(str(GOLDEN_DIR), gguf_file=LLAMA3_TINY_GGUF)
+    n_vocab = len(GGUFReader(str(GOLDEN_DIR / LLAMA3_TINY_GGUF)).fields["tokenizer.ggml.tokens"].data)
+    state = json.loads(tok.backend_tokenizer.to_str())
+    stray = [t["content"] for t in state["added_tokens"] if t["id"] >= n_vocab]
+    assert stray == ["<|endoftext|>"], stray
+    state["added_tokens"] = [t for t in state["added_tokens"] if t["id"] < n_vocab]
+    tok._tokenizer = Tokenizer.from_str(json.dumps(state))
+    assert len(tok) == n_vocab and "<|endoftext|>" not in tok.get_vocab()
+    return tok
 
 
 def load_model(scaled: bool):
@@ -634,6 +654,28 @@ def make_tokenizer_golden(tok) -> None:
     for c in cases:
         if "ids_special_matched" in c:
             print(f"  {c['text'][:45]!r}: split {len(c['ids'])} ids, matched {c['ids_special_matched'][:12]}")
+    # independent check: plain byte-level BPE over the Llama 3 split, from the GGUF's own token list and merges
+    r = GGUFReader(str(GOLDEN_DIR / LLAMA3_TINY_GGUF))
+    vocab_list = [str(x) for x in r.fields["tokenizer.ggml.tokens"].contents()]
+    ranks = {tuple(m.split(" ")): i for i, m in enumerate(r.fields["tokenizer.ggml.merges"].contents())}
+    token_id = {t: i for i, t in enumerate(vocab_list)}
+    alphabet = byte_alphabet()
+
+    def bpe(text: str) -> list[int]:
+        out = []
+        for chunk in regex.findall(LLAMA3_SPLIT, text):
+            parts = [alphabet[b] for b in chunk.encode("utf-8")]
+            while len(parts) > 1:
+                best = min(range(len(parts) - 1), key=lambda i: ranks.get((parts[i], parts[i + 1]), 1 << 30))
+                if (parts[best], parts[best + 1]) not in ranks:
+                    break
+                parts[best:best + 2] = [parts[best] + parts[best + 1]]
+            out += [token_id[p] for p in parts]
+        return out
+
+    mismatch = [c["text"][:40] for c in cases if bpe(c["text"]) != c["ids"]]
+    print(f"  plain-Python BPE (regex split + merges) agrees on {len(cases) - len(mismatch)}/{len(cases)} cases")
+    assert not mismatch, mismatch
     # the digit grouping of llama-bpe shows: no chunk has more than three digits
     for c in cases:
         pieces = [tok.convert_ids_to_tokens(i) for i in c["ids"]]

@@ -11,3 +11,4 @@ export PYTHONDONTWRITEBYTECODE=1
 "$py" make_tokenizer.py
 "$py" make_templates.py
 "$py" make_forward.py
+"$py" make_llama3_tiny.py

@@ -1,0 +1,95 @@
+//! The GPU context: device, queue, what the adapter offers, and the limits the engine works within.
+
+use crate::{GpuError, Result};
+
+/// Optional capabilities the engine uses when present and works without.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Caps {
+    pub f16: bool,
+    pub subgroups: bool,
+    pub timestamps: bool,
+}
+
+/// A device and queue, injected (tests and embedders bring their own) or requested with [`Gpu::request`].
+#[derive(Debug, Clone)]
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub adapter: wgpu::AdapterInfo,
+    pub caps: Caps,
+    pub limits: wgpu::Limits,
+}
+
+/// Which adapter [`Gpu::request`] asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AdapterChoice {
+    /// The high-performance adapter.
+    #[default]
+    HighPerformance,
+    /// The software fallback (lavapipe natively): deterministic on machines without a GPU.
+    Fallback,
+}
+
+impl Gpu {
+    /// Wraps a device and queue someone else created. `caps` must only claim features the device was created with.
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, adapter: wgpu::AdapterInfo) -> Self {
+        let features = device.features();
+        let caps = Caps {
+            f16: features.contains(wgpu::Features::SHADER_F16),
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+        };
+        let limits = device.limits();
+        Gpu { device, queue, adapter, caps, limits }
+    }
+
+    /// Finds an adapter and opens a device with the adapter's own limits (larger than the WebGPU defaults where the
+    /// hardware allows) and the optional features it has. Natively `backends` narrows the search (e.g. Vulkan only,
+    /// so that a missing driver is an error instead of a silent fall back to GL).
+    pub async fn request(choice: AdapterChoice, backends: wgpu::Backends) -> Result<Self> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends,
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        });
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                force_fallback_adapter: choice == AdapterChoice::Fallback,
+                compatible_surface: None,
+                apply_limit_buckets: false,
+            })
+            .await
+            .map_err(|e| GpuError::NoAdapter(format!("{e} (backends {backends:?}); is WebGPU / Vulkan available?")))?;
+        let info = adapter.get_info();
+        let wanted = wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY;
+        let features = adapter.features() & wanted;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("personascope"),
+                required_features: features,
+                required_limits: adapter.limits(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| GpuError::Device { adapter: info.name.clone(), msg: e.to_string() })?;
+        Ok(Self::from_device(device, queue, info))
+    }
+
+    /// Native convenience: blocks on [`Gpu::request`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn request_blocking(choice: AdapterChoice, backends: wgpu::Backends) -> Result<Self> {
+        pollster::block_on(Self::request(choice, backends))
+    }
+
+    /// "llvmpipe (LLVM 15.0.6) on Vulkan (Cpu)".
+    pub fn describe(&self) -> String {
+        format!("{} on {:?} ({:?})", self.adapter.name, self.adapter.backend, self.adapter.device_type)
+    }
+
+    /// Largest storage buffer binding, the unit large matrices are split into.
+    pub fn max_binding(&self) -> u64 {
+        u64::from(self.limits.max_storage_buffer_binding_size).min(self.limits.max_buffer_size)
+    }
+}

@@ -1,0 +1,3 @@
+//! One module per kernel: its uniform layout, shape checks, and dispatch size.
+
+pub mod rms_norm;

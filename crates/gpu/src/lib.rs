@@ -1,0 +1,12 @@
+//! The GPU engine: hand-written WGSL kernels (in `shaders/`) on wgpu, natively (Vulkan, Metal, DX12) and in the
+//! browser (WebGPU). Each kernel has a CPU twin in `personascope_model::ops` and a parity test.
+
+mod context;
+mod error;
+pub mod kernel;
+pub mod kernels;
+pub mod shader;
+
+pub use context::{AdapterChoice, Caps, Gpu};
+pub use error::{GpuError, Result};
+pub use kernel::Kernel;
