@@ -90,6 +90,6 @@ impl Gpu {
 
     /// Largest storage buffer binding, the unit large matrices are split into.
     pub fn max_binding(&self) -> u64 {
-        u64::from(self.limits.max_storage_buffer_binding_size).min(self.limits.max_buffer_size)
+        self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size)
     }
 }

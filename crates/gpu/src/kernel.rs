@@ -77,7 +77,7 @@ impl Kernel {
 pub fn storage(gpu: &Gpu, label: &str, data: &[u8]) -> wgpu::Buffer {
     // WebGPU rejects zero-sized bindings; an empty tensor still gets 4 bytes.
     let padded;
-    let contents = if data.len() % 4 != 0 || data.is_empty() {
+    let contents = if !data.len().is_multiple_of(4) || data.is_empty() {
         padded = {
             let mut v = data.to_vec();
             v.resize(data.len().div_ceil(4).max(1) * 4, 0);
