@@ -41,8 +41,9 @@ pub fn random(n: usize, seed: u64) -> Vec<f32> {
 /// largest difference.
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], abs: f32, rel: f32) {
     assert_eq!(got.len(), want.len(), "{what}: length {} vs {}", got.len(), want.len());
-    let bad: Vec<usize> =
-        (0..got.len()).filter(|&i| !((got[i] - want[i]).abs() <= abs + rel * want[i].abs())).collect();
+    // Written so that a NaN on either side counts as a difference.
+    let close = |i: usize| (got[i] - want[i]).abs() <= abs + rel * want[i].abs();
+    let bad: Vec<usize> = (0..got.len()).filter(|&i| !close(i)).collect();
     if !bad.is_empty() {
         let worst = (0..got.len()).max_by(|&a, &b| (got[a] - want[a]).abs().total_cmp(&(got[b] - want[b]).abs()));
         let first: Vec<String> = bad.iter().take(6).map(|&i| format!("[{i}] gpu {} cpu {}", got[i], want[i])).collect();
