@@ -16,14 +16,17 @@ pub struct Params {
 /// Threads per row: one workgroup reduces one row.
 pub const WORKGROUP: u32 = 64;
 
+pub fn variants() -> Vec<Defines> {
+    vec![Defines::from([("WG", WORKGROUP.to_string())])]
+}
+
 pub struct RmsNorm {
     pub kernel: Kernel,
 }
 
 impl RmsNorm {
     pub async fn new(gpu: &Gpu) -> Result<Self> {
-        let defines = Defines::from([("WG", WORKGROUP.to_string())]);
-        Ok(RmsNorm { kernel: Kernel::new(gpu, "rms_norm", &defines, "main").await? })
+        Ok(RmsNorm { kernel: Kernel::new(gpu, "rms_norm", &variants()[0], "main").await? })
     }
 
     pub fn params(gpu: &Gpu, rows: u32, cols: u32, eps: f32) -> wgpu::Buffer {
