@@ -1,6 +1,8 @@
 //! `personascope`: the command-line face of the engine. Machine-readable commands print one JSON object on
 //! stdout; errors go to stderr with a non-zero exit status.
 
+mod bench;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use personascope_gguf::Gguf;
 use personascope_model::{generate, Capture, Flow, Logits, Message, Model, NoHook, SamplingParams, StopReason};
@@ -144,6 +146,18 @@ enum Command {
         #[arg(long)]
         messages: PathBuf,
     },
+    /// Measure load time, prefill and decode speed, and the cost of monitoring (7 vectors, all layers) and
+    /// steering (one vector, response positions).
+    Bench {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Repetitions of each measurement; the best is reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Generate a reply: {"prompt_ids":[...],"ids":[...],"text":"..."} with --json, else the text.
     Generate {
         #[command(flatten)]
@@ -244,6 +258,16 @@ fn run(command: Command) -> CliResult<()> {
                 })
                 .collect();
             print_json(&json!({ "norms": norms }));
+            Ok(())
+        }
+        Command::Bench { model, runs, json } => {
+            let Backend::Cpu = model.backend;
+            let report = bench::bench_cpu(&model.model, runs.max(1))?;
+            if json {
+                print_json(&report);
+            } else {
+                println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+            }
             Ok(())
         }
         Command::Generate { model, messages, max_tokens, sampling, json } => {

@@ -104,3 +104,64 @@ impl ResidualHook for Capture {
         }
     }
 }
+
+/// Projects the residual of every processed token onto unit trait directions: for each token (in order) one row
+/// of `scores[trait][layer]` = h_layer . v_hat (NaN where a trait has no vector at that layer). This is the CPU
+/// monitor; the GPU engine computes the same inside its forward pass.
+#[derive(Debug, Clone)]
+pub struct Projection {
+    /// `units[t][l]`: the unit direction of trait t at residual index l, if monitored there.
+    pub units: Vec<Vec<Option<Vec<f32>>>>,
+    /// One entry per token processed: (position, scores[t][l]).
+    pub scores: Vec<(usize, Vec<Vec<f32>>)>,
+    /// Only tokens at these positions are scored.
+    pub positions: std::ops::Range<usize>,
+}
+
+impl Projection {
+    /// `vectors[t][l]` raw directions (normalized here; zero vectors are skipped).
+    pub fn new(vectors: Vec<Vec<Option<Vec<f32>>>>, positions: std::ops::Range<usize>) -> Self {
+        let units = vectors
+            .into_iter()
+            .map(|per_layer| {
+                per_layer
+                    .into_iter()
+                    .map(|v| {
+                        v.and_then(|v| {
+                            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                            (norm > 0.0).then(|| v.iter().map(|x| x / norm).collect())
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        Projection { units, scores: Vec::new(), positions }
+    }
+}
+
+impl ResidualHook for Projection {
+    fn on_residual(&mut self, layer: usize, pos0: usize, h: &mut [f32], d: usize) {
+        let n_layers = self.units.first().map_or(0, |u| u.len());
+        for (i, row) in h.chunks_exact(d).enumerate() {
+            let pos = pos0 + i;
+            if !self.positions.contains(&pos) {
+                continue;
+            }
+            // Rows arrive layer by layer; the score table of a position is created at its first layer.
+            let idx = match self.scores.iter().rposition(|(p, _)| *p == pos) {
+                Some(idx) => idx,
+                None => {
+                    self.scores.push((pos, vec![vec![f32::NAN; n_layers]; self.units.len()]));
+                    self.scores.len() - 1
+                }
+            };
+            for (t, per_layer) in self.units.iter().enumerate() {
+                if let Some(Some(u)) = per_layer.get(layer) {
+                    if u.len() == d {
+                        self.scores[idx].1[t][layer] = personascope_gguf::dot_f32(row, u);
+                    }
+                }
+            }
+        }
+    }
+}

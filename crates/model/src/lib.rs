@@ -16,7 +16,7 @@ pub use chat::{ChatTemplate, Message};
 pub use config::{Arch, Config, RopePairing};
 pub use error::{ModelError, Result};
 pub use generate::{generate, Flow, Generation, StopReason, TokenEvent};
-pub use hooks::{Capture, NoHook, ResidualHook, Steer, Steering};
+pub use hooks::{Capture, NoHook, Projection, ResidualHook, Steer, Steering};
 pub use model::{KvCache, Logits, Model};
 pub use sample::{argmax, Rng, Sampler, SamplingParams};
 pub use tokenizer::Tokenizer;

@@ -1,0 +1,114 @@
+//! `personascope bench`: load time, prefill and decode speed, and the cost of monitoring and steering.
+
+use personascope_model::{argmax, Logits, Model, NoHook, Projection, ResidualHook, Steer, Steering};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::Instant;
+
+/// Tokens in the benchmark prompt and in each decode run (the issue's 128 / 128).
+pub const PROMPT_TOKENS: usize = 128;
+pub const DECODE_TOKENS: usize = 128;
+/// Monitoring load: seven trait vectors (the paper's seven traits) at every layer.
+pub const MONITOR_TRAITS: usize = 7;
+
+/// A prompt of exactly `n` tokens from a fixed English text (repeated as needed).
+pub fn bench_prompt(model: &Model, n: usize) -> Result<Vec<u32>, String> {
+    let text = "The lighthouse keeper climbed the spiral stairs every evening, counting the steps as the sea \
+        rolled against the rocks below. Ships passed in the dark, guided by the steady beam, and nobody on board \
+        ever knew his name. ";
+    let mut ids = Vec::new();
+    while ids.len() < n {
+        ids.extend(model.tokenizer.encode(text).map_err(|e| e.to_string())?);
+    }
+    ids.truncate(n);
+    Ok(ids)
+}
+
+/// Deterministic pseudo-random directions [trait][layer] for the monitoring and steering loads.
+pub fn bench_vectors(traits: usize, layers: usize, d: usize) -> Vec<Vec<Vec<f32>>> {
+    let mut s = 0x5eed_u64;
+    let mut next = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    };
+    (0..traits).map(|_| (0..layers).map(|_| (0..d).map(|_| next()).collect()).collect()).collect()
+}
+
+fn decode_run(model: &Model, prompt: &[u32], hook: &mut dyn ResidualHook) -> Result<f64, String> {
+    let mut cache = model.new_cache();
+    let mut logits = model.forward(&mut cache, prompt, hook, Logits::Last).map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    for _ in 0..DECODE_TOKENS {
+        let next = argmax(&logits) as u32;
+        logits = model.forward(&mut cache, &[next], hook, Logits::Last).map_err(|e| e.to_string())?;
+    }
+    Ok(DECODE_TOKENS as f64 / start.elapsed().as_secs_f64())
+}
+
+/// The best of `runs` measurements (the least disturbed by the rest of the machine).
+fn best(runs: usize, mut f: impl FnMut() -> Result<f64, String>) -> Result<f64, String> {
+    let mut top = 0f64;
+    for _ in 0..runs {
+        top = top.max(f()?);
+    }
+    Ok(top)
+}
+
+pub fn bench_cpu(path: &Path, runs: usize) -> Result<Value, String> {
+    let t0 = Instant::now();
+    let model = Model::load(path).map_err(|e| e.to_string())?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let c = &model.config;
+    let prompt = bench_prompt(&model, PROMPT_TOKENS)?;
+
+    let prefill = best(runs, || {
+        let mut cache = model.new_cache();
+        let start = Instant::now();
+        model.forward(&mut cache, &prompt, &mut NoHook, Logits::Last).map_err(|e| e.to_string())?;
+        Ok(PROMPT_TOKENS as f64 / start.elapsed().as_secs_f64())
+    })?;
+    let decode = best(runs, || decode_run(&model, &prompt, &mut NoHook))?;
+
+    let vectors = bench_vectors(MONITOR_TRAITS, c.n_layers + 1, c.d_model);
+    let monitored = best(runs, || {
+        let per_trait = vectors.iter().map(|layers| layers.iter().cloned().map(Some).collect()).collect();
+        let mut projection = Projection::new(per_trait, PROMPT_TOKENS..usize::MAX);
+        decode_run(&model, &prompt, &mut projection)
+    })?;
+    let steered = best(runs, || {
+        let layer = c.n_layers / 2;
+        let mut steer = Steer(vec![Steering {
+            layer,
+            vector: vectors[0][layer].clone(),
+            alpha: 1.0,
+            positions: PROMPT_TOKENS - 1..usize::MAX,
+        }]);
+        decode_run(&model, &prompt, &mut steer)
+    })?;
+    let kv_bytes = 2 * c.n_layers * (PROMPT_TOKENS + DECODE_TOKENS) * c.kv_dim() * 4;
+    Ok(json!({
+        "backend": "cpu",
+        "adapter": format!("CPU ({} threads)", std::thread::available_parallelism().map_or(1, |n| n.get())),
+        "model": model.name,
+        "load_s": load_s,
+        "prefill_tok_s": prefill,
+        "decode_tok_s": decode,
+        "decode_monitor_tok_s": monitored,
+        "decode_steer_tok_s": steered,
+        "monitor_overhead_pct": overhead(decode, monitored),
+        "steer_overhead_pct": overhead(decode, steered),
+        "memory_bytes": model.file_size() + kv_bytes,
+        "memory_note": "weights as stored in the file plus the KV cache of the run (CPU backend: no GPU memory)",
+        "runs": runs,
+        "prompt_tokens": PROMPT_TOKENS,
+        "decode_tokens": DECODE_TOKENS,
+        "monitor_traits": MONITOR_TRAITS,
+    }))
+}
+
+/// Extra time per token in percent: 100 * (t_with / t_without - 1), from rates in tokens per second.
+pub fn overhead(base_tok_s: f64, with_tok_s: f64) -> f64 {
+    100.0 * (base_tok_s / with_tok_s - 1.0)
+}
