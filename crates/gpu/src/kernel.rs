@@ -73,6 +73,17 @@ impl Kernel {
     }
 }
 
+/// Workgroup counts covering `threads` one-dimensional work items with `wg` threads per workgroup, split into x * y
+/// when x alone would exceed 65535 (the WebGPU default per dimension). Shaders index with
+/// `(workgroup_id.y * num_workgroups.x + workgroup_id.x) * WG + local_invocation_index` and skip indices past the
+/// end.
+pub fn grid_1d(threads: u32, wg: u32) -> [u32; 3] {
+    const MAX: u32 = 65535;
+    let groups = threads.div_ceil(wg.max(1)).max(1);
+    let x = groups.min(MAX);
+    [x, groups.div_ceil(x), 1]
+}
+
 /// A storage buffer holding `data` (copyable both ways so tests and readbacks can use it).
 pub fn storage(gpu: &Gpu, label: &str, data: &[u8]) -> wgpu::Buffer {
     // WebGPU rejects zero-sized bindings; an empty tensor still gets 4 bytes.

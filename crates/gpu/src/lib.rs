@@ -2,11 +2,15 @@
 //! browser (WebGPU). Each kernel has a CPU twin in `personascope_model::ops` and a parity test.
 
 mod context;
+pub mod engine;
 mod error;
 pub mod kernel;
 pub mod kernels;
+pub mod quant;
 pub mod shader;
+pub mod twins;
 
 pub use context::{AdapterChoice, Caps, Gpu};
+pub use engine::{EngineOptions, GpuModel, StepOut};
 pub use error::{GpuError, Result};
 pub use kernel::Kernel;

@@ -78,14 +78,7 @@ impl Model {
         }
         let template = ChatTemplate::from_gguf(&g)?;
         let name = g.get("general.name").and_then(|v| v.as_str()).unwrap_or(config.arch.name()).to_string();
-        let half = config.rope_dim / 2;
-        let inv_freq = (0..half)
-            .map(|i| {
-                let f = (config.rope_base as f64).powf(-(2.0 * i as f64) / config.rope_dim as f64);
-                let div = weights.rope_freqs.as_ref().map_or(1.0, |r| r[i] as f64);
-                (f / div) as f32
-            })
-            .collect();
+        let inv_freq = ops::rope_inv_freq(&config, weights.rope_freqs.as_deref());
         Ok(Model { config, tokenizer, template, name, weights, inv_freq, file })
     }
 

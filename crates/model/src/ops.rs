@@ -1,7 +1,7 @@
 //! The operations of the forward pass, one function each. They are the CPU twins of the WGSL kernels in
 //! `shaders/`: the GPU engine's parity tests compare each kernel with the function of the same name here.
 
-use crate::config::RopePairing;
+use crate::config::{Config, RopePairing};
 use personascope_gguf::dot_f32 as dot;
 
 /// out = x / sqrt(mean(x^2) + eps) * w, row by row (rows of w.len()).
@@ -110,4 +110,16 @@ pub fn rope(
             }
         }
     }
+}
+
+/// RoPE inverse frequency of each rotated pair: base^(-2i/rope_dim), divided by Llama 3's per-pair factor
+/// (`rope_freqs.weight`) when the file has one.
+pub fn rope_inv_freq(config: &Config, rope_freqs: Option<&[f32]>) -> Vec<f32> {
+    (0..config.rope_dim / 2)
+        .map(|i| {
+            let f = (config.rope_base as f64).powf(-(2.0 * i as f64) / config.rope_dim as f64);
+            let div = rope_freqs.and_then(|r| r.get(i)).map_or(1.0, |&r| r as f64);
+            (f / div) as f32
+        })
+        .collect()
 }

@@ -5,7 +5,7 @@ use crate::shader::Defines;
 use crate::{Gpu, Result};
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Params {
     pub rows: u32,
     pub cols: u32,

@@ -1,0 +1,763 @@
+//! The model on the GPU: weights uploaded once, every pipeline and bind group created at load, and a forward
+//! pass recorded into one command encoder per step with the persona operations inside it.
+//!
+//! Buffers (f32 unless noted; B = the prompt batch, tokens processed per submit):
+//! - `x` [B, d] residual stream; `xn` [B, d] normed input of a sub-layer; `q`/`att` [B, n_heads*hd];
+//!   `k`/`v` [B, kv_dim]; `gate`/`up` [B, d_ff]; `last` [d] final-normed last row; `logits` [vocab].
+//! - `k_cache`/`v_cache` per block [max_positions, kv_dim]; `ids` (u32) [max_positions]: every token of the
+//!   sequence; the sampler writes the next token here and the next step's embedding gather reads it, so a
+//!   sampled id never has to travel through the CPU.
+//! - `capture` [N+1, d]: the last token's residual at every residual index (copied by the accumulate kernel);
+//!   `units` [T, N+1, d] and `mask`: monitored trait directions; `out` (u32): the sampler's record followed by
+//!   the projection scores [T, N+1], read back once per step with the token.
+//!
+//! One decode step = sample (from the previous logits, writing ids[pos]) -> embed ids[pos] -> N blocks
+//! (rms_norm, q/k/v matmul (+bias), rope + KV write, attention, o matmul accumulating into x, rms_norm,
+//! gate/up matmul, silu_gate, down matmul accumulating into x, then steering and capture hooks) -> final norm of
+//! the last row -> LM head -> project scores; one submit, one small readback.
+
+use crate::kernel::{read_buffer, staging, storage, storage_f32, storage_zeroed, uniform};
+use crate::kernels::accumulate::{self, Accumulate};
+use crate::kernels::attention::{self, Attention, AttentionShape};
+use crate::kernels::embed::{self, Embed};
+use crate::kernels::matmul::{self, Epilogue, Io, Matmul, MatmulBind};
+use crate::kernels::project::{self, Project};
+use crate::kernels::rms_norm::{self, RmsNorm};
+use crate::kernels::rope::{self, Rope, RopeShape};
+use crate::kernels::sample::{self, Sample};
+use crate::kernels::silu_gate::{self, SiluGate};
+use crate::kernels::steer::{self, SteerKernel};
+use crate::quant::{GpuMatrix, PackedFormat, PackedMatrix};
+use crate::{Gpu, GpuError, Result};
+use personascope_gguf::Gguf;
+use personascope_model::{ops, ChatTemplate, Config, SamplingParams, Steer, Tokenizer};
+use std::collections::HashMap;
+
+/// Sizes chosen by the embedder.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineOptions {
+    /// KV-cache rows (the longest sequence); clamped to the model's context length.
+    pub max_positions: usize,
+    /// Prompt tokens processed per submit.
+    pub batch: usize,
+    /// Most trait vectors monitored at once.
+    pub max_traits: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions { max_positions: 2048, batch: 64, max_traits: 16 }
+    }
+}
+
+/// A uniform buffer and the value it holds, rewritten only when the value changes.
+struct Uniform<T> {
+    buffer: wgpu::Buffer,
+    value: T,
+}
+
+impl<T: bytemuck::Pod + PartialEq> Uniform<T> {
+    fn new(gpu: &Gpu, label: &str, value: T) -> Self {
+        Uniform { buffer: uniform(gpu, label, &value), value }
+    }
+
+    fn set(&mut self, gpu: &Gpu, value: T) {
+        if value != self.value {
+            gpu.queue.write_buffer(&self.buffer, 0, bytemuck::bytes_of(&value));
+            self.value = value;
+        }
+    }
+}
+
+/// A matrix product wired to its buffers: one bind group per row part.
+struct Product {
+    matrix: GpuMatrix,
+    kernel: (PackedFormat, Epilogue),
+    /// Per part: uniform and bind group.
+    parts: Vec<(Uniform<matmul::Params>, MatmulBind)>,
+}
+
+struct Block {
+    attn_norm: wgpu::BindGroup,
+    ffn_norm: wgpu::BindGroup,
+    q: Product,
+    k: Product,
+    v: Product,
+    o: Product,
+    gate: Product,
+    up: Product,
+    down: Product,
+    rope: wgpu::BindGroup,
+    attention: wgpu::BindGroup,
+    silu: wgpu::BindGroup,
+    // Kept alive for the bind groups.
+    _buffers: Vec<wgpu::Buffer>,
+}
+
+struct Kernels {
+    rms_norm: RmsNorm,
+    rope: Rope,
+    attention: Attention,
+    silu: SiluGate,
+    sample: Sample,
+    project: Project,
+    steer: SteerKernel,
+    accumulate: Accumulate,
+    matmul: HashMap<(PackedFormat, bool, bool), Matmul>,
+    embed: HashMap<PackedFormat, Embed>,
+}
+
+struct Buffers {
+    x: wgpu::Buffer,
+    xn: wgpu::Buffer,
+    q: wgpu::Buffer,
+    k: wgpu::Buffer,
+    v: wgpu::Buffer,
+    att: wgpu::Buffer,
+    gate: wgpu::Buffer,
+    up: wgpu::Buffer,
+    last: wgpu::Buffer,
+    last_normed: wgpu::Buffer,
+    logits: wgpu::Buffer,
+    ids: wgpu::Buffer,
+    work: wgpu::Buffer,
+    capture: wgpu::Buffer,
+    sums: wgpu::Buffer,
+    out: wgpu::Buffer,
+    staging: wgpu::Buffer,
+}
+
+/// Steering uploaded for the kernel: the vectors and entries, and per steered residual index its uniform and
+/// bind group.
+struct SteerState {
+    layers: Vec<(usize, steer::LayerEntries, Uniform<steer::Params>, wgpu::BindGroup)>,
+    _buffers: [wgpu::Buffer; 2],
+}
+
+struct MonitorState {
+    traits: usize,
+    params: Uniform<project::Params>,
+    bind: wgpu::BindGroup,
+    _buffers: [wgpu::Buffer; 2],
+}
+
+/// What one decode step returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepOut {
+    pub token: u32,
+    /// Projection scores [trait][residual index] of this token's residuals (empty without a monitor).
+    pub scores: Vec<Vec<f32>>,
+}
+
+/// A model on the GPU.
+pub struct GpuModel {
+    pub gpu: Gpu,
+    pub config: Config,
+    pub tokenizer: Tokenizer,
+    pub template: ChatTemplate,
+    pub name: String,
+    pub options: EngineOptions,
+    kernels: Kernels,
+    buffers: Buffers,
+    embed: (GpuMatrix, Vec<(Uniform<embed::Params>, wgpu::BindGroup)>),
+    blocks: Vec<Block>,
+    final_norm: (Uniform<rms_norm::Params>, wgpu::BindGroup),
+    lm_head: Product,
+    norm_params: Uniform<rms_norm::Params>,
+    rope_params: Uniform<rope::Params>,
+    attention_params: Uniform<attention::Params>,
+    silu_params: Uniform<silu_gate::Params>,
+    capture: Vec<(Uniform<accumulate::Params>, wgpu::BindGroup)>,
+    sample: (Uniform<sample::Params>, wgpu::BindGroup),
+    steer: Option<SteerState>,
+    monitor: Option<MonitorState>,
+    rope_shape: RopeShape,
+    attention_shape: AttentionShape,
+    /// Positions processed (the next token's position).
+    pos: usize,
+    /// Bytes of GPU memory allocated for weights, caches and activations.
+    pub gpu_bytes: u64,
+    _keep: Vec<wgpu::Buffer>,
+}
+
+fn tensor<'a>(g: &'a Gguf, name: &str) -> Result<&'a personascope_gguf::TensorInfo> {
+    g.tensor(name).ok_or_else(|| {
+        GpuError::Model(personascope_model::ModelError::Tensor { name: name.into(), msg: "missing".into() })
+    })
+}
+
+fn packed(g: &Gguf, name: &str, rows: usize, cols: usize) -> Result<PackedMatrix> {
+    let t = tensor(g, name)?;
+    let dims_ok = match t.dims.as_slice() {
+        [c, r] => *c as usize == cols && *r as usize == rows,
+        [c] => *c as usize == cols && rows == 1,
+        _ => false,
+    };
+    if !dims_ok {
+        return Err(GpuError::Model(personascope_model::ModelError::Tensor {
+            name: name.into(),
+            msg: format!("shape {:?}, expected [{cols}, {rows}]", t.dims),
+        }));
+    }
+    PackedMatrix::pack(name, t.ty, rows, cols, g.tensor_data(t))
+}
+
+fn vector(g: &Gguf, name: &str) -> Result<Vec<f32>> {
+    g.tensor_f32(name).map_err(|e| GpuError::Model(e.into()))
+}
+
+impl GpuModel {
+    /// Loads a GGUF model (the file's bytes) onto `gpu`. Checks that weights, caches and activations fit the
+    /// device's buffer limits before allocating them.
+    pub async fn load(gpu: Gpu, file: &[u8], options: EngineOptions) -> Result<Self> {
+        let g = Gguf::parse(file).map_err(|e| GpuError::Model(e.into()))?;
+        let config = Config::from_gguf(&g)?;
+        let tokenizer = Tokenizer::from_gguf(&g)?;
+        let template = ChatTemplate::from_gguf(&g)?;
+        let name = g.get("general.name").and_then(|v| v.as_str()).unwrap_or(config.arch.name()).to_string();
+        let c = config.clone();
+        let options = EngineOptions {
+            max_positions: options.max_positions.clamp(1, c.context_length),
+            batch: options.batch.clamp(1, 512),
+            max_traits: options.max_traits.clamp(1, 64),
+        };
+        let (d, qd, kvd, ff, b) = (c.d_model, c.q_dim(), c.kv_dim(), c.d_ff, options.batch);
+        let cache_bytes = (options.max_positions * kvd * 4) as u64;
+        if cache_bytes > gpu.max_binding() {
+            return Err(GpuError::OutOfMemory {
+                what: format!("a KV cache of {} positions", options.max_positions),
+                needed: cache_bytes,
+                available: gpu.max_binding(),
+            });
+        }
+        let mut gpu_bytes = 0u64;
+
+        // Kernels shared by every layer.
+        let mut kernels = Kernels {
+            rms_norm: RmsNorm::new(&gpu).await?,
+            rope: Rope::new(&gpu).await?,
+            attention: Attention::for_head_dim(&gpu, c.head_dim as u32).await?,
+            silu: SiluGate::new(&gpu).await?,
+            sample: Sample::new(&gpu).await?,
+            project: Project::new(&gpu).await?,
+            steer: SteerKernel::new(&gpu).await?,
+            accumulate: Accumulate::new(&gpu).await?,
+            matmul: HashMap::new(),
+            embed: HashMap::new(),
+        };
+
+        let f = |n: usize| (n * 4) as u64;
+        let bufs = Buffers {
+            x: storage_zeroed(&gpu, "x", f(b * d)),
+            xn: storage_zeroed(&gpu, "xn", f(b * d)),
+            q: storage_zeroed(&gpu, "q", f(b * qd)),
+            k: storage_zeroed(&gpu, "k", f(b * kvd)),
+            v: storage_zeroed(&gpu, "v", f(b * kvd)),
+            att: storage_zeroed(&gpu, "att", f(b * qd)),
+            gate: storage_zeroed(&gpu, "gate", f(b * ff)),
+            up: storage_zeroed(&gpu, "up", f(b * ff)),
+            last: storage_zeroed(&gpu, "last", f(d)),
+            last_normed: storage_zeroed(&gpu, "last normed", f(d)),
+            logits: storage_zeroed(&gpu, "logits", f(c.vocab_size)),
+            ids: storage_zeroed(&gpu, "ids", f(options.max_positions + 1)),
+            work: storage_zeroed(&gpu, "sample work", f(c.vocab_size)),
+            capture: storage_zeroed(&gpu, "capture", f((c.n_layers + 1) * d)),
+            sums: storage_zeroed(&gpu, "sums", f((c.n_layers + 1) * d)),
+            out: storage_zeroed(&gpu, "out", f(sample::OUT_WORDS as usize + options.max_traits * (c.n_layers + 1))),
+            staging: staging(
+                &gpu,
+                "out staging",
+                f(sample::OUT_WORDS as usize + options.max_traits * (c.n_layers + 1)),
+            ),
+        };
+        gpu_bytes += f(b * (2 * d + 2 * qd + 2 * kvd + 2 * ff) + 2 * d + 2 * c.vocab_size + options.max_positions)
+            + f(2 * (c.n_layers + 1) * d);
+
+        // Uniforms shared by every layer (all blocks have the same shapes); values are set per forward call.
+        let norm_params =
+            Uniform::new(&gpu, "norm", rms_norm::Params { rows: 1, cols: d as u32, eps: c.rms_eps, _pad: 0 });
+        let rope_shape = RopeShape {
+            n_heads: c.n_heads as u32,
+            n_kv_heads: c.n_kv_heads as u32,
+            head_dim: c.head_dim as u32,
+            rope_dim: c.rope_dim as u32,
+            pairing: c.rope_pairing,
+            linear_scale: c.rope_linear_scale,
+            max_positions: options.max_positions as u32,
+        };
+        let attention_shape = AttentionShape {
+            n_heads: c.n_heads as u32,
+            n_kv_heads: c.n_kv_heads as u32,
+            head_dim: c.head_dim as u32,
+            max_positions: options.max_positions as u32,
+        };
+        let rope_params = Uniform::new(&gpu, "rope", rope::Params::new(&rope_shape, 0, 1)?);
+        let attention_params = Uniform::new(&gpu, "attention", attention::Params::new(&attention_shape, 0, 1)?);
+        let silu_params = Uniform::new(&gpu, "silu", silu_gate::Params::new(ff as u32));
+        let rope_freqs = match g.tensor("rope_freqs.weight") {
+            Some(_) => Some(vector(&g, "rope_freqs.weight")?),
+            None => None,
+        };
+        let inv_freq = storage_f32(&gpu, "inv_freq", &ops::rope_inv_freq(&c, rope_freqs.as_deref()));
+
+        let mut keep = Vec::new();
+        let mut blocks = Vec::with_capacity(c.n_layers);
+        for l in 0..c.n_layers {
+            let n = |s: &str| format!("blk.{l}.{s}");
+            let attn_norm = storage_f32(&gpu, &n("attn_norm"), &vector(&g, &n("attn_norm.weight"))?);
+            let ffn_norm = storage_f32(&gpu, &n("ffn_norm"), &vector(&g, &n("ffn_norm.weight"))?);
+            let bias = |s: &str| -> Result<Option<wgpu::Buffer>> {
+                Ok(if c.qkv_bias { Some(storage_f32(&gpu, &n(s), &vector(&g, &n(s))?)) } else { None })
+            };
+            let (bq, bk, bv) = (bias("attn_q.bias")?, bias("attn_k.bias")?, bias("attn_v.bias")?);
+            let k_cache = storage_zeroed(&gpu, &n("k_cache"), cache_bytes);
+            let v_cache = storage_zeroed(&gpu, &n("v_cache"), cache_bytes);
+            gpu_bytes += 2 * cache_bytes + f(2 * d);
+            let plain = Epilogue { bias: false, accumulate: false };
+            let with_bias = Epilogue { bias: c.qkv_bias, accumulate: false };
+            let accumulate = Epilogue { bias: false, accumulate: true };
+            macro_rules! product {
+                ($name:expr, $rows:expr, $cols:expr, $ep:expr, $x:expr, $y:expr, $b:expr) => {{
+                    let m = packed(&g, &n($name), $rows, $cols)?;
+                    Self::product(&gpu, &mut kernels, &mut gpu_bytes, &n($name), &m, $ep, $x, $y, $b).await?
+                }};
+            }
+            let q = product!("attn_q.weight", qd, d, with_bias, &bufs.xn, &bufs.q, bq.as_ref());
+            let k = product!("attn_k.weight", kvd, d, with_bias, &bufs.xn, &bufs.k, bk.as_ref());
+            let v = product!("attn_v.weight", kvd, d, with_bias, &bufs.xn, &bufs.v, bv.as_ref());
+            let o = product!("attn_output.weight", d, qd, accumulate, &bufs.att, &bufs.x, None);
+            let gate = product!("ffn_gate.weight", ff, d, plain, &bufs.xn, &bufs.gate, None);
+            let up = product!("ffn_up.weight", ff, d, plain, &bufs.xn, &bufs.up, None);
+            let down = product!("ffn_down.weight", d, ff, accumulate, &bufs.gate, &bufs.x, None);
+            blocks.push(Block {
+                attn_norm: kernels.rms_norm.bind(&gpu, &norm_params.buffer, &bufs.x, &attn_norm, &bufs.xn),
+                ffn_norm: kernels.rms_norm.bind(&gpu, &norm_params.buffer, &bufs.x, &ffn_norm, &bufs.xn),
+                q,
+                k,
+                v,
+                o,
+                gate,
+                up,
+                down,
+                rope: kernels.rope.bind(
+                    &gpu,
+                    &rope_params.buffer,
+                    &bufs.q,
+                    &bufs.k,
+                    &bufs.v,
+                    &inv_freq,
+                    &k_cache,
+                    &v_cache,
+                ),
+                attention: kernels.attention.bind(
+                    &gpu,
+                    &attention_params.buffer,
+                    &bufs.q,
+                    &k_cache,
+                    &v_cache,
+                    &bufs.att,
+                ),
+                silu: kernels.silu.bind(&gpu, &silu_params.buffer, &bufs.gate, &bufs.up),
+                _buffers: [Some(attn_norm), Some(ffn_norm), bq, bk, bv, Some(k_cache), Some(v_cache)]
+                    .into_iter()
+                    .flatten()
+                    .collect(),
+            });
+        }
+
+        // Embedding (also the LM head when tied) and the head.
+        let embd = packed(&g, "token_embd.weight", c.vocab_size, d)?;
+        let embed_matrix = GpuMatrix::upload(&gpu, "token_embd", &embd)?;
+        gpu_bytes += embd.gpu_bytes();
+        if let std::collections::hash_map::Entry::Vacant(e) = kernels.embed.entry(embd.format) {
+            e.insert(Embed::new(&gpu, embd.format).await?);
+        }
+        let embed_kernel = &kernels.embed[&embd.format];
+        let mut embed_parts = Vec::new();
+        for (i, part) in embed_matrix.parts.iter().enumerate() {
+            let p = Uniform::new(&gpu, "embed", embed_kernel.params(&embed_matrix, i, 1, 0, 0, d as u32)?);
+            let bind = embed_kernel.bind(&gpu, &p.buffer, part, &bufs.ids, &bufs.x);
+            embed_parts.push((p, bind));
+        }
+        let output_norm = storage_f32(&gpu, "output_norm", &vector(&g, "output_norm.weight")?);
+        let final_norm_params =
+            Uniform::new(&gpu, "final norm", rms_norm::Params { rows: 1, cols: d as u32, eps: c.rms_eps, _pad: 0 });
+        let final_norm =
+            kernels.rms_norm.bind(&gpu, &final_norm_params.buffer, &bufs.last, &output_norm, &bufs.last_normed);
+        let head = if c.tied_embeddings { embd } else { packed(&g, "output.weight", c.vocab_size, d)? };
+        let lm_head = Self::product(
+            &gpu,
+            &mut kernels,
+            &mut gpu_bytes,
+            "lm_head",
+            &head,
+            Epilogue { bias: false, accumulate: false },
+            &bufs.last_normed,
+            &bufs.logits,
+            None,
+        )
+        .await?;
+
+        // Capture of the last token's residual at every residual index (feeds the projection and `residuals`).
+        let mut capture = Vec::with_capacity(c.n_layers + 1);
+        for l in 0..=c.n_layers {
+            let p = accumulate::Params {
+                rows: 1,
+                d: d as u32,
+                pos0: 0,
+                start: 0,
+                end: 0,
+                x_offset: 0,
+                sum_offset: (l * d) as u32,
+                capture_offset: (l * d) as u32,
+                capture_row: 0,
+                flags: accumulate::CAPTURE,
+                _pad: [0; 2],
+            };
+            let u = Uniform::new(&gpu, "capture", p);
+            let bind = kernels.accumulate.bind(&gpu, &u.buffer, &bufs.x, &bufs.sums, &bufs.capture);
+            capture.push((u, bind));
+        }
+        let sample_params =
+            Uniform::new(&gpu, "sample", sample::Params::new(&SamplingParams::greedy(), c.vocab_size as u32)?);
+        let sample_bind =
+            kernels.sample.bind(&gpu, &sample_params.buffer, &bufs.logits, &bufs.ids, &bufs.work, &bufs.out);
+        keep.push(inv_freq);
+        keep.push(output_norm);
+
+        Ok(GpuModel {
+            gpu,
+            config,
+            tokenizer,
+            template,
+            name,
+            options,
+            kernels,
+            buffers: bufs,
+            embed: (embed_matrix, embed_parts),
+            blocks,
+            final_norm: (final_norm_params, final_norm),
+            lm_head,
+            norm_params,
+            rope_params,
+            attention_params,
+            silu_params,
+            capture,
+            sample: (sample_params, sample_bind),
+            steer: None,
+            monitor: None,
+            rope_shape,
+            attention_shape,
+            pos: 0,
+            gpu_bytes,
+            _keep: keep,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn product(
+        gpu: &Gpu,
+        kernels: &mut Kernels,
+        gpu_bytes: &mut u64,
+        label: &str,
+        m: &PackedMatrix,
+        epilogue: Epilogue,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        bias: Option<&wgpu::Buffer>,
+    ) -> Result<Product> {
+        let matrix = GpuMatrix::upload(gpu, label, m)?;
+        *gpu_bytes += m.gpu_bytes();
+        let key = (m.format, epilogue.bias, epilogue.accumulate);
+        if let std::collections::hash_map::Entry::Vacant(e) = kernels.matmul.entry(key) {
+            e.insert(Matmul::new(gpu, m.format, epilogue).await?);
+        }
+        let kernel = &kernels.matmul[&key];
+        let mut parts = Vec::with_capacity(matrix.parts.len());
+        for (i, part) in matrix.parts.iter().enumerate() {
+            let params = Uniform::new(gpu, label, kernel.params(&matrix, i, 1, Io::dense(&matrix))?);
+            let bind = kernel.bind(gpu, &params.buffer, part, x, y, bias)?;
+            parts.push((params, bind));
+        }
+        Ok(Product { matrix, kernel: (m.format, epilogue), parts })
+    }
+}
+
+impl GpuModel {
+    /// Positions processed so far (the next token's position).
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// Forgets the sequence (the KV cache is overwritten from position 0).
+    pub fn reset(&mut self) {
+        self.pos = 0;
+    }
+
+    /// Steering applied from now on: `alpha * v` added after the residual index of each entry, for its positions
+    /// (the same semantics as the CPU [`Steer`] hook). An empty `Steer` turns steering off.
+    pub fn set_steering(&mut self, steer: &Steer) -> Result<()> {
+        let c = &self.config;
+        if let Some(s) = steer.0.iter().find(|s| s.layer > c.n_layers || s.vector.len() != c.d_model) {
+            return Err(GpuError::Unsupported(format!(
+                "steering vector for residual index {} of length {} (model: indices 0..={}, width {})",
+                s.layer,
+                s.vector.len(),
+                c.n_layers,
+                c.d_model
+            )));
+        }
+        let packed = steer::pack(steer, c.d_model);
+        if packed.entries.is_empty() {
+            self.steer = None;
+            return Ok(());
+        }
+        let vectors = storage_f32(&self.gpu, "steer vectors", &packed.vectors);
+        let entries = storage(&self.gpu, "steer entries", bytemuck::cast_slice(&packed.entries));
+        let mut layers = Vec::new();
+        for le in &packed.layers {
+            let p = Uniform::new(&self.gpu, "steer", le.params(1, c.d_model as u32, 0, 0));
+            let bind = self.kernels.steer.bind(&self.gpu, &p.buffer, &self.buffers.x, &vectors, &entries);
+            layers.push((le.layer as usize, *le, p, bind));
+        }
+        self.steer = Some(SteerState { layers, _buffers: [vectors, entries] });
+        Ok(())
+    }
+
+    /// Trait directions monitored from now on: `vectors[t][l]` (raw; normalized here) at residual index l.
+    /// Every processed token's projections are returned with it. An empty list turns monitoring off.
+    pub fn set_monitor(&mut self, vectors: &[Vec<Option<Vec<f32>>>]) -> Result<()> {
+        let c = &self.config;
+        if vectors.is_empty() {
+            self.monitor = None;
+            return Ok(());
+        }
+        if vectors.len() > self.options.max_traits {
+            return Err(GpuError::Unsupported(format!(
+                "{} monitored traits (at most {})",
+                vectors.len(),
+                self.options.max_traits
+            )));
+        }
+        let layers = c.n_layers + 1;
+        let packed = project::pack(vectors, layers, c.d_model);
+        let units = storage_f32(&self.gpu, "monitor units", &packed.units);
+        let mask = storage(&self.gpu, "monitor mask", bytemuck::cast_slice(&packed.mask));
+        let p = project::Params {
+            traits: vectors.len() as u32,
+            layers: layers as u32,
+            d: c.d_model as u32,
+            scores_offset: sample::OUT_WORDS,
+        };
+        let params = Uniform::new(&self.gpu, "project", p);
+        let bind = self.kernels.project.bind(
+            &self.gpu,
+            &params.buffer,
+            &self.buffers.capture,
+            &units,
+            &mask,
+            &self.buffers.out,
+        );
+        self.monitor = Some(MonitorState { traits: vectors.len(), params, bind, _buffers: [units, mask] });
+        Ok(())
+    }
+
+    /// Writes every per-call uniform for `n` tokens at positions `pos0..`.
+    fn set_uniforms(&mut self, pos0: usize, n: usize) -> Result<()> {
+        let gpu = &self.gpu;
+        let c = &self.config;
+        let (pos0_u, n_u) = (pos0 as u32, n as u32);
+        self.norm_params.set(gpu, rms_norm::Params { rows: n_u, cols: c.d_model as u32, eps: c.rms_eps, _pad: 0 });
+        self.rope_params.set(gpu, rope::Params::new(&self.rope_shape, pos0_u, n_u)?);
+        self.attention_params.set(gpu, attention::Params::new(&self.attention_shape, pos0_u, n_u)?);
+        self.silu_params.set(gpu, silu_gate::Params::new(n_u * c.d_ff as u32));
+        let embed_kernel = self
+            .kernels
+            .embed
+            .get(&self.embed.0.format)
+            .ok_or_else(|| GpuError::Unsupported("embedding kernel missing".into()))?;
+        for (i, (u, _)) in self.embed.1.iter_mut().enumerate() {
+            u.set(gpu, embed_kernel.params(&self.embed.0, i, n_u, pos0_u, 0, c.d_model as u32)?);
+        }
+        for b in &mut self.blocks {
+            for prod in [&mut b.q, &mut b.k, &mut b.v, &mut b.o, &mut b.gate, &mut b.up, &mut b.down] {
+                let kernel = &self.kernels.matmul[&(prod.kernel.0, prod.kernel.1.bias, prod.kernel.1.accumulate)];
+                for (i, (u, _)) in prod.parts.iter_mut().enumerate() {
+                    u.set(gpu, kernel.params(&prod.matrix, i, n_u, Io::dense(&prod.matrix))?);
+                }
+            }
+        }
+        for (u, _) in &mut self.capture {
+            let mut p = u.value;
+            p.rows = n_u;
+            p.capture_row = n_u - 1;
+            u.set(gpu, p);
+        }
+        if let Some(s) = &mut self.steer {
+            for (_, le, u, _) in &mut s.layers {
+                u.set(gpu, le.params(n_u, c.d_model as u32, pos0_u, 0));
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the blocks for the tokens whose ids are at ids[pos0..pos0+n] (uniforms already set), then the final
+    /// norm of the last row, the LM head and the projection.
+    fn record_forward(&self, enc: &mut wgpu::CommandEncoder, n: usize, sample_first: bool) -> Result<()> {
+        let k = &self.kernels;
+        let c = &self.config;
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            if sample_first {
+                k.sample.dispatch(&mut pass, &self.sample.1);
+            }
+            let embed_kernel = &k.embed[&self.embed.0.format];
+            for (u, bind) in &self.embed.1 {
+                embed_kernel.dispatch(&mut pass, bind, &u.value);
+            }
+            self.record_hooks(&mut pass, 0);
+            for (l, b) in self.blocks.iter().enumerate() {
+                k.rms_norm.dispatch(&mut pass, &b.attn_norm, n as u32);
+                for prod in [&b.q, &b.k, &b.v] {
+                    self.record_product(&mut pass, prod);
+                }
+                k.rope.dispatch(&mut pass, &b.rope, &self.rope_params.value);
+                k.attention.dispatch(&mut pass, &b.attention, &self.attention_params.value)?;
+                self.record_product(&mut pass, &b.o);
+                k.rms_norm.dispatch(&mut pass, &b.ffn_norm, n as u32);
+                self.record_product(&mut pass, &b.gate);
+                self.record_product(&mut pass, &b.up);
+                k.silu.dispatch(&mut pass, &b.silu, &self.silu_params.value);
+                self.record_product(&mut pass, &b.down);
+                self.record_hooks(&mut pass, l + 1);
+            }
+        }
+        let d4 = (c.d_model * 4) as u64;
+        enc.copy_buffer_to_buffer(&self.buffers.x, (n as u64 - 1) * d4, &self.buffers.last, 0, d4);
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            k.rms_norm.dispatch(&mut pass, &self.final_norm.1, 1);
+            self.record_product(&mut pass, &self.lm_head);
+            if let Some(m) = &self.monitor {
+                k.project.dispatch(&mut pass, &m.bind, &m.params.value);
+            }
+        }
+        Ok(())
+    }
+
+    fn record_product(&self, pass: &mut wgpu::ComputePass<'_>, prod: &Product) {
+        let kernel = &self.kernels.matmul[&(prod.kernel.0, prod.kernel.1.bias, prod.kernel.1.accumulate)];
+        for (u, bind) in &prod.parts {
+            kernel.dispatch(pass, bind, &u.value);
+        }
+    }
+
+    /// Steering, then capture, at residual index `layer` (so the monitor sees the steered stream, as the CPU path
+    /// does with `(Steer, Projection)`).
+    fn record_hooks(&self, pass: &mut wgpu::ComputePass<'_>, layer: usize) {
+        if let Some(s) = &self.steer {
+            for (l, _, u, bind) in &s.layers {
+                if *l == layer {
+                    self.kernels.steer.dispatch(pass, bind, &u.value);
+                }
+            }
+        }
+        let (u, bind) = &self.capture[layer];
+        self.kernels.accumulate.dispatch(pass, bind, &u.value);
+    }
+
+    fn check_room(&self, n: usize) -> Result<()> {
+        let max = self.options.max_positions;
+        if self.pos + n > max {
+            return Err(GpuError::Model(personascope_model::ModelError::ContextFull { needed: self.pos + n, max }));
+        }
+        Ok(())
+    }
+
+    /// Processes `tokens` at positions `position()..` in batches. Afterwards the logits of the last token, its
+    /// residuals (capture) and, with a monitor, its projections are on the GPU, ready to read or sample from.
+    pub async fn prefill(&mut self, tokens: &[u32]) -> Result<()> {
+        self.check_room(tokens.len())?;
+        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= self.config.vocab_size) {
+            return Err(GpuError::Model(personascope_model::ModelError::TokenOutOfRange {
+                id,
+                vocab: self.config.vocab_size,
+            }));
+        }
+        self.gpu.queue.write_buffer(&self.buffers.ids, (self.pos * 4) as u64, bytemuck::cast_slice(tokens));
+        for chunk in tokens.chunks(self.options.batch) {
+            let n = chunk.len();
+            self.set_uniforms(self.pos, n)?;
+            let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+            self.record_forward(&mut enc, n, false)?;
+            self.gpu.queue.submit([enc.finish()]);
+            self.pos += n;
+        }
+        Ok(())
+    }
+
+    /// One decode step: samples the next token from the current logits on the GPU (writing it to the token
+    /// buffer), runs it through the model, and returns it with its projection scores. `step` seeds the sampler's
+    /// counter-based random stream (use 0, 1, 2, ... within a reply).
+    pub async fn step(&mut self, params: &SamplingParams, step: u32) -> Result<StepOut> {
+        self.check_room(1)?;
+        let pos = self.pos;
+        let mut sp = sample::Params::new(params, self.config.vocab_size as u32)?;
+        sp.ctx_start = 0;
+        sp.ctx_len = pos as u32;
+        sp.write_index = pos as u32;
+        sp.out_offset = 0;
+        sp.step = step;
+        self.sample.0.set(&self.gpu, sp);
+        self.set_uniforms(pos, 1)?;
+        let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+        self.record_forward(&mut enc, 1, true)?;
+        let words =
+            sample::OUT_WORDS as usize + self.monitor.as_ref().map_or(0, |m| m.traits * (self.config.n_layers + 1));
+        enc.copy_buffer_to_buffer(&self.buffers.out, 0, &self.buffers.staging, 0, (words * 4) as u64);
+        self.gpu.queue.submit([enc.finish()]);
+        self.pos += 1;
+        let bytes = crate::kernel::read_staging(&self.gpu, &self.buffers.staging, (words * 4) as u64).await?;
+        let w: Vec<u32> = bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let record = sample::Record::from_words(&w)
+            .ok_or_else(|| GpuError::Readback { what: "sample record".into(), msg: "short read".into() })?;
+        Ok(StepOut { token: record.token, scores: self.scores_from(&w) })
+    }
+
+    fn scores_from(&self, words: &[u32]) -> Vec<Vec<f32>> {
+        let Some(m) = &self.monitor else { return Vec::new() };
+        let layers = self.config.n_layers + 1;
+        (0..m.traits)
+            .map(|t| {
+                (0..layers)
+                    .map(|l| {
+                        let i = sample::OUT_WORDS as usize + t * layers + l;
+                        words.get(i).map_or(f32::NAN, |&b| f32::from_bits(b))
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Projection scores [trait][residual index] of the last processed token (e.g. the last prompt token: the
+    /// pre-generation reading).
+    pub async fn read_scores(&self) -> Result<Vec<Vec<f32>>> {
+        let Some(m) = &self.monitor else { return Ok(Vec::new()) };
+        let words = sample::OUT_WORDS as usize + m.traits * (self.config.n_layers + 1);
+        let bytes = read_buffer(&self.gpu, &self.buffers.out, 0, (words * 4) as u64).await?;
+        let w: Vec<u32> = bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        Ok(self.scores_from(&w))
+    }
+
+    /// The logits of the last processed token.
+    pub async fn read_logits(&self) -> Result<Vec<f32>> {
+        crate::kernel::read_f32(&self.gpu, &self.buffers.logits, self.config.vocab_size).await
+    }
+
+    /// The last processed token's residual at every residual index: [N+1][d] (index 0 = embeddings).
+    pub async fn read_residuals(&self) -> Result<Vec<Vec<f32>>> {
+        let d = self.config.d_model;
+        let flat = crate::kernel::read_f32(&self.gpu, &self.buffers.capture, (self.config.n_layers + 1) * d).await?;
+        Ok(flat.chunks_exact(d).map(<[f32]>::to_vec).collect())
+    }
+}

@@ -1,0 +1,130 @@
+//! Causal attention with grouped KV heads over the KV cache, for n query tokens at positions pos0.. (decode n = 1,
+//! prefill n > 1): token t attends to cache rows 0..=pos0+t. Online softmax, so any context length works without a
+//! scores buffer. Twin: `personascope_model::ops::attention`.
+
+use crate::kernel::{uniform, Kernel};
+use crate::shader::Defines;
+use crate::{Gpu, GpuError, Result};
+
+/// Threads per workgroup: one workgroup per (head, token), one key per thread per tile of WORKGROUP keys.
+pub const WORKGROUP: u32 = 64;
+
+/// Output dims per thread of each compiled variant: head_dim <= WORKGROUP * dims (64, 128 and 256).
+const DIMS_PER_THREAD: [u32; 3] = [1, 2, 4];
+
+/// What stays fixed for a model: head layout and cache size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionShape {
+    pub n_heads: u32,
+    pub n_kv_heads: u32,
+    pub head_dim: u32,
+    /// Rows of each KV-cache buffer.
+    pub max_positions: u32,
+}
+
+/// The uniform, rewritten each step (pos0 and n_tokens change).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Params {
+    pub n_tokens: u32,
+    pub n_heads: u32,
+    pub n_kv_heads: u32,
+    pub head_dim: u32,
+    pub pos0: u32,
+    /// 1 / sqrt(head_dim).
+    pub scale: f32,
+    pub _pad: [u32; 2],
+}
+
+impl Params {
+    /// Checks the shape and that the keys of the last token (rows 0..pos0+n_tokens) are inside the cache.
+    pub fn new(shape: &AttentionShape, pos0: u32, n_tokens: u32) -> Result<Self> {
+        let s = shape;
+        let bad = |msg: String| Err(GpuError::Unsupported(format!("attention: {msg}")));
+        if s.n_kv_heads == 0 || s.n_heads == 0 || !s.n_heads.is_multiple_of(s.n_kv_heads) || s.n_heads > 65535 {
+            return bad(format!("{} heads over {} kv heads", s.n_heads, s.n_kv_heads));
+        }
+        // vec4 loads of q and k rows.
+        if s.head_dim == 0 || !s.head_dim.is_multiple_of(4) || s.head_dim > max_head_dim() {
+            return bad(format!("head_dim {} (needs a multiple of 4, at most {})", s.head_dim, max_head_dim()));
+        }
+        if pos0.checked_add(n_tokens).is_none_or(|e| e > s.max_positions) || n_tokens > 65535 {
+            return bad(format!("positions {pos0}+{n_tokens} past the cache's {} rows", s.max_positions));
+        }
+        Ok(Params {
+            n_tokens,
+            n_heads: s.n_heads,
+            n_kv_heads: s.n_kv_heads,
+            head_dim: s.head_dim,
+            pos0,
+            scale: 1.0 / (s.head_dim as f32).sqrt(),
+            _pad: [0; 2],
+        })
+    }
+}
+
+fn max_head_dim() -> u32 {
+    WORKGROUP * DIMS_PER_THREAD[DIMS_PER_THREAD.len() - 1]
+}
+
+fn defines(dims_per_thread: u32) -> Defines {
+    Defines::from([("WG", WORKGROUP.to_string()), ("DPT", dims_per_thread.to_string())])
+}
+
+pub fn variants() -> Vec<Defines> {
+    DIMS_PER_THREAD.iter().map(|&d| defines(d)).collect()
+}
+
+pub struct Attention {
+    pub kernel: Kernel,
+    /// The largest head_dim this pipeline handles.
+    pub max_head_dim: u32,
+}
+
+impl Attention {
+    /// The variant for head_dim <= 128 (SmolLM2, Qwen2.5, Llama 3.2).
+    pub async fn new(gpu: &Gpu) -> Result<Self> {
+        Self::for_head_dim(gpu, 128).await
+    }
+
+    /// The smallest variant that handles `head_dim` (<= 256): fewer idle threads and registers.
+    pub async fn for_head_dim(gpu: &Gpu, head_dim: u32) -> Result<Self> {
+        let dims = DIMS_PER_THREAD.iter().copied().find(|&d| head_dim <= WORKGROUP * d).ok_or_else(|| {
+            GpuError::Unsupported(format!("attention: head_dim {head_dim} (at most {})", max_head_dim()))
+        })?;
+        let kernel = Kernel::new(gpu, "attention", &defines(dims), "main").await?;
+        Ok(Attention { kernel, max_head_dim: WORKGROUP * dims })
+    }
+
+    /// A uniform buffer holding `p`; later steps rewrite it with `queue.write_buffer(buf, 0, bytes_of(&p))`.
+    pub fn params(gpu: &Gpu, p: &Params) -> wgpu::Buffer {
+        uniform(gpu, "attention params", p)
+    }
+
+    /// Binds (params, q [n, n_heads*hd], k_cache [max_positions, kv_dim], v_cache [max_positions, kv_dim],
+    /// out [n, n_heads*hd] written), all f32, kv_dim = n_kv_heads*hd.
+    pub fn bind(
+        &self,
+        gpu: &Gpu,
+        params: &wgpu::Buffer,
+        q: &wgpu::Buffer,
+        k_cache: &wgpu::Buffer,
+        v_cache: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+    ) -> wgpu::BindGroup {
+        self.kernel.bind(gpu, &[params, q, k_cache, v_cache, out])
+    }
+
+    /// Records the kernel for the sizes in `p` (the values the bound uniform holds). `p.head_dim` must be at most
+    /// `self.max_head_dim`; larger heads would be left partly unwritten, so they are not dispatched.
+    pub fn dispatch(&self, pass: &mut wgpu::ComputePass<'_>, bind: &wgpu::BindGroup, p: &Params) -> Result<()> {
+        if p.head_dim > self.max_head_dim {
+            return Err(GpuError::Unsupported(format!(
+                "attention: head_dim {} on a pipeline built for at most {}",
+                p.head_dim, self.max_head_dim
+            )));
+        }
+        self.kernel.dispatch(pass, bind, [p.n_heads, p.n_tokens, 1]);
+        Ok(())
+    }
+}

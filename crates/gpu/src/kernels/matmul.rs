@@ -1,0 +1,253 @@
+//! Matrix products on packed weights: `y[t, r] (+)= sum_c W[r, c] x[t, c] (+ b[r])` for one row-range part of a
+//! [`GpuMatrix`] at a time (dispatch every part into its slice of y). Twin: `personascope_gguf::dot_row`.
+//!
+//! Two pipelines per format and epilogue: a matrix-vector one for decode (one token per workgroup) and a tiled
+//! one for prompts (up to [`TOKENS`] tokens per workgroup, so weights are read once per tile, not per token).
+
+use crate::kernel::{uniform, Kernel};
+use crate::quant::{GpuMatrix, GpuPart, PackedFormat};
+use crate::shader::Defines;
+use crate::{Gpu, GpuError, Result};
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Params {
+    /// Rows in this part.
+    pub rows: u32,
+    pub cols: u32,
+    pub n_tokens: u32,
+    /// This part's first row in the whole matrix: the column of y it writes first, and its index into b.
+    pub row_offset: u32,
+    /// Elements; a multiple of 4 (x is read as `vec4<f32>`).
+    pub x_offset: u32,
+    /// Elements between tokens of x; a multiple of 4.
+    pub x_stride: u32,
+    pub y_offset: u32,
+    /// Elements between tokens of y.
+    pub y_stride: u32,
+}
+
+/// Where x and y live in their buffers (elements).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Io {
+    pub x_offset: u32,
+    pub x_stride: u32,
+    pub y_offset: u32,
+    pub y_stride: u32,
+}
+
+impl Io {
+    /// x [n, cols] and y [n, rows of the whole matrix], both from offset 0.
+    pub fn dense(m: &GpuMatrix) -> Io {
+        Io { x_offset: 0, x_stride: m.cols as u32, y_offset: 0, y_stride: m.rows as u32 }
+    }
+}
+
+/// What is added to the product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Epilogue {
+    /// y += b[r] (binding 5).
+    pub bias: bool,
+    /// y[t, r] = y[t, r] + result: the residual add after attn_output and ffn_down.
+    pub accumulate: bool,
+}
+
+/// Workgroup shape: `rows` rows per workgroup, `tpr` threads per row (rows * tpr <= 256), `tokens` per workgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Shape {
+    pub rows: u32,
+    pub tpr: u32,
+    pub tokens: u32,
+}
+
+/// Tokens per workgroup of the prompt pipelines: each weight chunk read serves 8 tokens.
+pub const TOKENS: u32 = 8;
+/// Decode on GPUs: 4 rows x 16 threads = 64 threads per workgroup; the 16 threads of a row read 256 contiguous
+/// bytes per step (coalesced), and 4 rows per workgroup still give small matrices (576 rows) 144 workgroups.
+pub const DECODE: Shape = Shape { rows: 4, tpr: 16, tokens: 1 };
+/// Prompts on GPUs: as decode, 8 tokens per workgroup.
+pub const PROMPT: Shape = Shape { rows: 4, tpr: 16, tokens: TOKENS };
+/// Decode on CPU adapters (lavapipe, SwiftShader): one thread per row, 64 rows per workgroup, no barrier. Their
+/// SIMD lanes are invocations, so a lane per row has no reduction to do; measured 1.4-1.8x faster than [`DECODE`]
+/// on lavapipe (`examples/matmul_bench.rs`), and SwiftShader is slowest on barriers.
+pub const CPU_DECODE: Shape = Shape { rows: 64, tpr: 1, tokens: 1 };
+/// Prompts on CPU adapters.
+pub const CPU_PROMPT: Shape = Shape { rows: 64, tpr: 1, tokens: TOKENS };
+
+/// The (decode, prompt) shapes [`Matmul::new`] picks for `gpu`: coalesced rows on GPUs, a thread per row on CPUs.
+pub fn shapes_for(gpu: &Gpu) -> (Shape, Shape) {
+    if gpu.adapter.device_type == wgpu::DeviceType::Cpu {
+        (CPU_DECODE, CPU_PROMPT)
+    } else {
+        (DECODE, PROMPT)
+    }
+}
+
+/// Most workgroups per dispatch dimension (WebGPU default limit).
+const MAX_GROUPS: u32 = 65_535;
+
+pub fn defines(format: PackedFormat, epilogue: Epilogue, shape: Shape) -> Defines {
+    let flag = |b: bool| if b { "1" } else { "0" }.to_string();
+    let mut d = format.defines();
+    d.insert("ROWS", shape.rows.to_string());
+    d.insert("TPR", shape.tpr.to_string());
+    d.insert("WG", (shape.rows * shape.tpr).to_string());
+    d.insert("TOKENS", shape.tokens.to_string());
+    d.insert("PARTIALS", (shape.rows * shape.tpr * shape.tokens).to_string());
+    d.insert("SOLO", flag(shape.tpr == 1));
+    d.insert("BIAS", flag(epilogue.bias));
+    d.insert("ACCUMULATE", flag(epilogue.accumulate));
+    d
+}
+
+/// Every format x epilogue x {decode, prompt} x {GPU, CPU adapter}.
+pub fn variants() -> Vec<Defines> {
+    let mut v = Vec::new();
+    for format in PackedFormat::ALL {
+        for (bias, accumulate) in [(false, false), (true, false), (false, true), (true, true)] {
+            for shape in [DECODE, PROMPT, CPU_DECODE, CPU_PROMPT] {
+                v.push(defines(format, Epilogue { bias, accumulate }, shape));
+            }
+        }
+    }
+    v
+}
+
+/// Workgroup grid for `rows` rows and `n_tokens` tokens: row blocks on x, continued on y past 65,535 (the shader
+/// numbers them `wg.x + 65535 * wg.y`), token tiles on z.
+fn grid(shape: Shape, rows: u32, n_tokens: u32) -> [u32; 3] {
+    let blocks = rows.div_ceil(shape.rows);
+    [blocks.min(MAX_GROUPS), blocks.div_ceil(MAX_GROUPS), n_tokens.div_ceil(shape.tokens)]
+}
+
+/// The two bind groups of one (part, x, y, bias) binding: decode and prompt pipelines have their own layouts.
+#[derive(Debug)]
+pub struct MatmulBind {
+    decode: wgpu::BindGroup,
+    prompt: wgpu::BindGroup,
+}
+
+pub struct Matmul {
+    pub format: PackedFormat,
+    pub epilogue: Epilogue,
+    decode_shape: Shape,
+    prompt_shape: Shape,
+    decode: Kernel,
+    prompt: Kernel,
+}
+
+impl Matmul {
+    /// The kernel for `format` and `epilogue`, with the workgroup shapes of [`shapes_for`] `gpu`.
+    pub async fn new(gpu: &Gpu, format: PackedFormat, epilogue: Epilogue) -> Result<Self> {
+        let (decode, prompt) = shapes_for(gpu);
+        Self::with_shapes(gpu, format, epilogue, decode, prompt).await
+    }
+
+    /// With other workgroup shapes than the defaults (tests, benchmarks). Shapes outside [`variants`] compile but
+    /// are not validated by the naga test.
+    pub async fn with_shapes(
+        gpu: &Gpu,
+        format: PackedFormat,
+        epilogue: Epilogue,
+        decode_shape: Shape,
+        prompt_shape: Shape,
+    ) -> Result<Self> {
+        for s in [decode_shape, prompt_shape] {
+            if s.rows == 0 || s.tpr == 0 || s.tokens == 0 || s.rows * s.tpr > 256 {
+                return Err(GpuError::Unsupported(format!("matmul workgroup shape {s:?}")));
+            }
+        }
+        Ok(Matmul {
+            format,
+            epilogue,
+            decode_shape,
+            prompt_shape,
+            decode: Kernel::new(gpu, "matmul", &defines(format, epilogue, decode_shape), "main").await?,
+            prompt: Kernel::new(gpu, "matmul", &defines(format, epilogue, prompt_shape), "main").await?,
+        })
+    }
+
+    /// The uniform for part `part` of `m` and `n_tokens` tokens. Errors on a part that does not exist, a format
+    /// this kernel was not built for, or x offsets that are not multiples of 4.
+    pub fn params(&self, m: &GpuMatrix, part: usize, n_tokens: u32, io: Io) -> Result<Params> {
+        if m.format != self.format {
+            return Err(GpuError::Unsupported(format!("a {} matrix on a {} matmul kernel", m.format, self.format)));
+        }
+        let p = m
+            .parts
+            .get(part)
+            .ok_or_else(|| GpuError::Unsupported(format!("part {part} of a matrix of {} parts", m.parts.len())))?;
+        let stride_ok = io.x_stride as usize >= m.cols || n_tokens <= 1;
+        if !io.x_offset.is_multiple_of(4) || !io.x_stride.is_multiple_of(4) || !stride_ok {
+            return Err(GpuError::Unsupported(format!(
+                "matmul x offset {} / stride {} (multiples of 4, stride >= {} cols)",
+                io.x_offset, io.x_stride, m.cols
+            )));
+        }
+        let rows = p.rows.len() as u32;
+        Ok(Params {
+            rows,
+            cols: m.cols as u32,
+            n_tokens,
+            row_offset: p.rows.start as u32,
+            x_offset: io.x_offset,
+            x_stride: io.x_stride,
+            y_offset: io.y_offset,
+            y_stride: io.y_stride,
+        })
+    }
+
+    /// [`Matmul::params`] in a fresh uniform buffer.
+    pub fn params_buffer(&self, gpu: &Gpu, m: &GpuMatrix, part: usize, n_tokens: u32, io: Io) -> Result<wgpu::Buffer> {
+        Ok(uniform(gpu, "matmul params", &self.params(m, part, n_tokens, io)?))
+    }
+
+    /// Binds (params, the part's codes and scales, x, y, and b when the epilogue adds a bias: b spans the whole
+    /// matrix's rows). Errors if b is missing or given when not expected.
+    pub fn bind(
+        &self,
+        gpu: &Gpu,
+        params: &wgpu::Buffer,
+        part: &GpuPart,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        bias: Option<&wgpu::Buffer>,
+    ) -> Result<MatmulBind> {
+        if bias.is_some() != self.epilogue.bias {
+            return Err(GpuError::Unsupported(format!(
+                "matmul built {} a bias, bound {} one",
+                if self.epilogue.bias { "with" } else { "without" },
+                if bias.is_some() { "with" } else { "without" }
+            )));
+        }
+        let mut entries = vec![(0, params), (1, &part.codes), (3, x), (4, y)];
+        if !self.format.is_plain() {
+            entries.push((2, &part.scales));
+        }
+        if let Some(b) = bias {
+            entries.push((5, b));
+        }
+        let entries: Vec<_> = entries
+            .into_iter()
+            .map(|(binding, b)| wgpu::BindGroupEntry { binding, resource: b.as_entire_binding() })
+            .collect();
+        Ok(MatmulBind {
+            decode: self.decode.bind_entries(gpu, &entries),
+            prompt: self.prompt.bind_entries(gpu, &entries),
+        })
+    }
+
+    /// Records the product for `params` (the values last written to the bound uniform): the decode pipeline for
+    /// one token, the tiled one for more.
+    pub fn dispatch(&self, pass: &mut wgpu::ComputePass<'_>, bind: &MatmulBind, params: &Params) {
+        if params.rows == 0 || params.n_tokens == 0 {
+            return;
+        }
+        let (kernel, group, shape) = if params.n_tokens == 1 {
+            (&self.decode, &bind.decode, self.decode_shape)
+        } else {
+            (&self.prompt, &bind.prompt, self.prompt_shape)
+        };
+        kernel.dispatch(pass, group, grid(shape, params.rows, params.n_tokens));
+    }
+}
