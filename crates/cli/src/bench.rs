@@ -112,3 +112,83 @@ pub fn bench_cpu(path: &Path, runs: usize) -> Result<Value, String> {
 pub fn overhead(base_tok_s: f64, with_tok_s: f64) -> f64 {
     100.0 * (base_tok_s / with_tok_s - 1.0)
 }
+
+/// The same measurements on the GPU engine. Every timed region ends with a readback, so GPU work is complete
+/// when the clock stops.
+pub fn bench_gpu(path: &Path, runs: usize) -> Result<Value, String> {
+    use personascope_gpu::{AdapterChoice, EngineOptions, Gpu, GpuModel};
+    use personascope_model::SamplingParams;
+    let choice = match std::env::var("PERSONASCOPE_ADAPTER").as_deref() {
+        Ok("fallback") => AdapterChoice::Fallback,
+        _ => AdapterChoice::HighPerformance,
+    };
+    let e = |e: personascope_gpu::GpuError| e.to_string();
+    let t0 = Instant::now();
+    let gpu = Gpu::request_blocking(choice, personascope_gpu::wgpu::Backends::PRIMARY).map_err(e)?;
+    let adapter = gpu.describe();
+    let bytes = std::fs::read(path).map_err(|err| format!("{}: {err}", path.display()))?;
+    let opts = EngineOptions { max_positions: PROMPT_TOKENS + DECODE_TOKENS + 8, ..Default::default() };
+    let mut g = pollster::block_on(GpuModel::load(gpu, &bytes, opts)).map_err(e)?;
+    // Loading ends when the first forward has run (pipelines and uploads are then certainly done).
+    pollster::block_on(g.prefill(&[0])).map_err(e)?;
+    pollster::block_on(g.read_logits()).map_err(e)?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let c = g.config.clone();
+
+    let cpu_prompt = {
+        let m = personascope_model::Model::from_bytes(bytes.clone()).map_err(|err| err.to_string())?;
+        bench_prompt(&m, PROMPT_TOKENS)?
+    };
+    drop(bytes);
+    let prefill = best(runs, || {
+        g.reset();
+        let start = Instant::now();
+        pollster::block_on(g.prefill(&cpu_prompt)).map_err(e)?;
+        pollster::block_on(g.read_logits()).map_err(e)?;
+        Ok(PROMPT_TOKENS as f64 / start.elapsed().as_secs_f64())
+    })?;
+    let decode_run = |g: &mut GpuModel| -> Result<f64, String> {
+        g.reset();
+        pollster::block_on(g.prefill(&cpu_prompt)).map_err(e)?;
+        pollster::block_on(g.read_logits()).map_err(e)?;
+        let start = Instant::now();
+        for step in 0..DECODE_TOKENS {
+            pollster::block_on(g.step(&SamplingParams::greedy(), step as u32)).map_err(e)?;
+        }
+        Ok(DECODE_TOKENS as f64 / start.elapsed().as_secs_f64())
+    };
+    let decode = best(runs, || decode_run(&mut g))?;
+    let vectors = bench_vectors(MONITOR_TRAITS, c.n_layers + 1, c.d_model);
+    let per_trait: Vec<Vec<Option<Vec<f32>>>> =
+        vectors.iter().map(|layers| layers.iter().cloned().map(Some).collect()).collect();
+    g.set_monitor(&per_trait).map_err(e)?;
+    let monitored = best(runs, || decode_run(&mut g))?;
+    g.set_monitor(&[]).map_err(e)?;
+    let layer = c.n_layers / 2;
+    let steer = personascope_model::Steer(vec![personascope_model::Steering {
+        layer,
+        vector: vectors[0][layer].clone(),
+        alpha: 1.0,
+        positions: PROMPT_TOKENS - 1..usize::MAX,
+    }]);
+    g.set_steering(&steer).map_err(e)?;
+    let steered = best(runs, || decode_run(&mut g))?;
+    Ok(json!({
+        "backend": "gpu",
+        "adapter": adapter,
+        "model": g.name,
+        "load_s": load_s,
+        "prefill_tok_s": prefill,
+        "decode_tok_s": decode,
+        "decode_monitor_tok_s": monitored,
+        "decode_steer_tok_s": steered,
+        "monitor_overhead_pct": overhead(decode, monitored),
+        "steer_overhead_pct": overhead(decode, steered),
+        "memory_bytes": g.gpu_bytes,
+        "memory_note": "GPU buffers: packed weights, KV cache, activations",
+        "runs": runs,
+        "prompt_tokens": PROMPT_TOKENS,
+        "decode_tokens": DECODE_TOKENS,
+        "monitor_traits": MONITOR_TRAITS,
+    }))
+}

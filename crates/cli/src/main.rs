@@ -5,7 +5,10 @@ mod bench;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use personascope_gguf::Gguf;
-use personascope_model::{generate, Capture, Flow, Logits, Message, Model, NoHook, SamplingParams, StopReason};
+use personascope_gpu::{AdapterChoice, EngineOptions, Gpu, GpuModel};
+use personascope_model::{
+    generate, Capture, ChatTemplate, Flow, Logits, Message, Model, NoHook, SamplingParams, StopReason, Tokenizer,
+};
 use serde_json::json;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -34,10 +37,13 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Backend {
     /// The CPU reference forward pass.
     Cpu,
+    /// The WGSL engine on the native GPU API (Vulkan, Metal, DX12) through wgpu.
+    /// PERSONASCOPE_ADAPTER=fallback picks the software adapter (lavapipe).
+    Gpu,
 }
 
 #[derive(Args)]
@@ -188,8 +194,38 @@ fn main() -> ExitCode {
 }
 
 fn load(args: &ModelArgs) -> CliResult<Model> {
-    let Backend::Cpu = args.backend;
     load_path(&args.model)
+}
+
+fn load_gpu(path: &Path) -> CliResult<GpuModel> {
+    let choice = match std::env::var("PERSONASCOPE_ADAPTER").as_deref() {
+        Ok("fallback") => AdapterChoice::Fallback,
+        _ => AdapterChoice::HighPerformance,
+    };
+    let gpu = Gpu::request_blocking(choice, personascope_gpu::wgpu::Backends::PRIMARY).map_err(|e| e.to_string())?;
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    pollster::block_on(GpuModel::load(gpu, &bytes, EngineOptions::default()))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Prompt ids for a messages file, and the last-position logits, on either backend.
+fn prompt_logits(args: &ModelArgs, messages: &Path) -> CliResult<(Vec<u32>, Vec<f32>)> {
+    match args.backend {
+        Backend::Cpu => {
+            let m = load(args)?;
+            let ids = prompt_ids(&m.template, &m.tokenizer, messages)?;
+            let mut cache = m.new_cache();
+            let logits = m.forward(&mut cache, &ids, &mut NoHook, Logits::Last).map_err(|e| e.to_string())?;
+            Ok((ids, logits))
+        }
+        Backend::Gpu => {
+            let mut g = load_gpu(&args.model)?;
+            let ids = prompt_ids(&g.template, &g.tokenizer, messages)?;
+            pollster::block_on(g.prefill(&ids)).map_err(|e| e.to_string())?;
+            let logits = pollster::block_on(g.read_logits()).map_err(|e| e.to_string())?;
+            Ok((ids, logits))
+        }
+    }
 }
 
 fn load_path(path: &Path) -> CliResult<Model> {
@@ -202,9 +238,9 @@ fn read_messages(path: &Path) -> CliResult<Vec<Message>> {
         .map_err(|e| format!("{}: expected a JSON array of {{\"role\", \"content\"}} objects: {e}", path.display()))
 }
 
-fn prompt_ids(model: &Model, path: &Path) -> CliResult<Vec<u32>> {
+fn prompt_ids(template: &ChatTemplate, tokenizer: &Tokenizer, path: &Path) -> CliResult<Vec<u32>> {
     let messages = read_messages(path)?;
-    model.template.encode_prompt(&model.tokenizer, &messages).map_err(|e| e.to_string())
+    template.encode_prompt(tokenizer, &messages).map_err(|e| e.to_string())
 }
 
 fn print_json(v: &serde_json::Value) {
@@ -234,10 +270,7 @@ fn run(command: Command) -> CliResult<()> {
             Ok(())
         }
         Command::Logits { model, messages, top_k } => {
-            let m = load(&model)?;
-            let ids = prompt_ids(&m, &messages)?;
-            let mut cache = m.new_cache();
-            let logits = m.forward(&mut cache, &ids, &mut NoHook, Logits::Last).map_err(|e| e.to_string())?;
+            let (ids, logits) = prompt_logits(&model, &messages)?;
             let mut order: Vec<usize> = (0..logits.len()).collect();
             order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
             let top: Vec<_> = order.iter().take(top_k).map(|&i| json!([i, logits[i]])).collect();
@@ -245,24 +278,33 @@ fn run(command: Command) -> CliResult<()> {
             Ok(())
         }
         Command::Residuals { model, messages } => {
-            let m = load(&model)?;
-            let ids = prompt_ids(&m, &messages)?;
-            let last = ids.len() - 1;
-            let n = m.config.n_layers;
-            let mut capture = Capture::new(n, 1..=n, last..last + 1);
-            let mut cache = m.new_cache();
-            m.forward(&mut cache, &ids, &mut capture, Logits::Last).map_err(|e| e.to_string())?;
-            let norms: Vec<f64> = (1..=n)
-                .map(|l| {
-                    capture.rows[l].iter().map(|(_, v)| v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt()).sum()
-                })
-                .collect();
+            let l2 = |v: &[f32]| v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+            let norms: Vec<f64> = match model.backend {
+                Backend::Cpu => {
+                    let m = load(&model)?;
+                    let ids = prompt_ids(&m.template, &m.tokenizer, &messages)?;
+                    let (last, n) = (ids.len() - 1, m.config.n_layers);
+                    let mut capture = Capture::new(n, 1..=n, last..last + 1);
+                    let mut cache = m.new_cache();
+                    m.forward(&mut cache, &ids, &mut capture, Logits::Last).map_err(|e| e.to_string())?;
+                    (1..=n).map(|l| capture.rows[l].iter().map(|(_, v)| l2(v)).sum()).collect()
+                }
+                Backend::Gpu => {
+                    let mut g = load_gpu(&model.model)?;
+                    let ids = prompt_ids(&g.template, &g.tokenizer, &messages)?;
+                    pollster::block_on(g.prefill(&ids)).map_err(|e| e.to_string())?;
+                    let res = pollster::block_on(g.read_residuals()).map_err(|e| e.to_string())?;
+                    res[1..].iter().map(|v| l2(v)).collect()
+                }
+            };
             print_json(&json!({ "norms": norms }));
             Ok(())
         }
         Command::Bench { model, runs, json } => {
-            let Backend::Cpu = model.backend;
-            let report = bench::bench_cpu(&model.model, runs.max(1))?;
+            let report = match model.backend {
+                Backend::Cpu => bench::bench_cpu(&model.model, runs.max(1))?,
+                Backend::Gpu => bench::bench_gpu(&model.model, runs.max(1))?,
+            };
             if json {
                 print_json(&report);
             } else {
@@ -271,33 +313,53 @@ fn run(command: Command) -> CliResult<()> {
             Ok(())
         }
         Command::Generate { model, messages, max_tokens, sampling, json } => {
-            let m = load(&model)?;
-            let ids = prompt_ids(&m, &messages)?;
             let start = Instant::now();
             let mut first_token = None;
             let mut stdout = std::io::stdout();
-            let out = generate(&m, &ids, max_tokens, sampling.params(), &mut NoHook, &mut |ev| {
+            let mut on_text = |text: &str| {
                 first_token.get_or_insert_with(|| start.elapsed());
                 if !json {
-                    print!("{}", ev.text);
+                    print!("{text}");
                     let _ = stdout.flush();
                 }
-                Flow::Continue
-            })
-            .map_err(|e| e.to_string())?;
+            };
+            let (prompt, ids, text, stop, start) = match model.backend {
+                Backend::Cpu => {
+                    let m = load(&model)?;
+                    let prompt = prompt_ids(&m.template, &m.tokenizer, &messages)?;
+                    let start = Instant::now();
+                    let out = generate(&m, &prompt, max_tokens, sampling.params(), &mut NoHook, &mut |ev| {
+                        on_text(ev.text);
+                        Flow::Continue
+                    })
+                    .map_err(|e| e.to_string())?;
+                    (out.prompt_ids, out.ids, out.text, out.stop, start)
+                }
+                Backend::Gpu => {
+                    let mut g = load_gpu(&model.model)?;
+                    let prompt = prompt_ids(&g.template, &g.tokenizer, &messages)?;
+                    let start = Instant::now();
+                    let out =
+                        pollster::block_on(g.generate(&prompt, max_tokens, &sampling.params(), &mut |_, t, _| {
+                            on_text(t);
+                            Flow::Continue
+                        }))
+                        .map_err(|e| e.to_string())?;
+                    (out.prompt_ids, out.ids, out.text, out.stop, start)
+                }
+            };
             let total = start.elapsed();
             if json {
-                let prefill = first_token.unwrap_or(total).as_secs_f64();
+                let prefill = first_token.map_or(total, |t| t.min(total)).as_secs_f64();
                 let decode_s = total.as_secs_f64() - prefill;
-                let decode_tps = if out.ids.len() > 1 { (out.ids.len() - 1) as f64 / decode_s } else { 0.0 };
+                let decode_tps = if ids.len() > 1 { (ids.len() - 1) as f64 / decode_s } else { 0.0 };
                 print_json(&json!({
-                    "prompt_ids": out.prompt_ids,
-                    "ids": out.ids,
-                    "text": out.text,
-                    "stop": out.stop,
+                    "prompt_ids": prompt,
+                    "ids": ids,
+                    "text": text,
+                    "stop": stop,
                     "timing": {
-                        "prefill_s": prefill,
-                        "prefill_tok_s": ids.len() as f64 / prefill,
+                        "first_token_s": prefill,
                         "decode_tok_s": decode_tps,
                         "total_s": total.as_secs_f64(),
                     }

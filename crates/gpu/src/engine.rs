@@ -153,7 +153,7 @@ pub struct StepOut {
 pub struct GpuModel {
     pub gpu: Gpu,
     pub config: Config,
-    pub tokenizer: Tokenizer,
+    pub tokenizer: std::sync::Arc<Tokenizer>,
     pub template: ChatTemplate,
     pub name: String,
     pub options: EngineOptions,
@@ -212,7 +212,7 @@ impl GpuModel {
     pub async fn load(gpu: Gpu, file: &[u8], options: EngineOptions) -> Result<Self> {
         let g = Gguf::parse(file).map_err(|e| GpuError::Model(e.into()))?;
         let config = Config::from_gguf(&g)?;
-        let tokenizer = Tokenizer::from_gguf(&g)?;
+        let tokenizer = std::sync::Arc::new(Tokenizer::from_gguf(&g)?);
         let template = ChatTemplate::from_gguf(&g)?;
         let name = g.get("general.name").and_then(|v| v.as_str()).unwrap_or(config.arch.name()).to_string();
         let c = config.clone();
@@ -759,5 +759,63 @@ impl GpuModel {
         let d = self.config.d_model;
         let flat = crate::kernel::read_f32(&self.gpu, &self.buffers.capture, (self.config.n_layers + 1) * d).await?;
         Ok(flat.chunks_exact(d).map(<[f32]>::to_vec).collect())
+    }
+}
+
+/// A finished GPU generation.
+#[derive(Debug, Clone)]
+pub struct GpuGeneration {
+    pub prompt_ids: Vec<u32>,
+    pub ids: Vec<u32>,
+    pub text: String,
+    pub stop: personascope_model::StopReason,
+    /// Projection scores [token][trait][residual index] of every generated token (empty without a monitor).
+    pub scores: Vec<Vec<Vec<f32>>>,
+}
+
+impl GpuModel {
+    /// Generates a reply to `prompt_ids` from position 0 (the cache is reset), streaming each token's text and
+    /// scores through `on_token`; stops at an end-of-turn token (not included), `max_tokens`, the cache size,
+    /// or when `on_token` returns `Flow::Stop`.
+    pub async fn generate(
+        &mut self,
+        prompt_ids: &[u32],
+        max_tokens: usize,
+        params: &SamplingParams,
+        on_token: &mut dyn FnMut(u32, &str, &[Vec<f32>]) -> personascope_model::Flow,
+    ) -> Result<GpuGeneration> {
+        use personascope_model::{Flow, StopReason};
+        if prompt_ids.is_empty() {
+            return Err(GpuError::Unsupported("generation needs a non-empty prompt".into()));
+        }
+        params.validate()?;
+        self.reset();
+        self.prefill(prompt_ids).await?;
+        let stop_ids = self.tokenizer.stop_ids().to_vec();
+        let tokenizer = self.tokenizer.clone();
+        let mut stream = tokenizer.stream();
+        let (mut ids, mut text, mut scores) = (Vec::new(), String::new(), Vec::new());
+        let stop = loop {
+            if ids.len() >= max_tokens {
+                break StopReason::MaxTokens;
+            }
+            if self.pos >= self.options.max_positions {
+                break StopReason::ContextFull;
+            }
+            let out = self.step(params, ids.len() as u32).await?;
+            if stop_ids.contains(&out.token) {
+                break StopReason::EndOfTurn;
+            }
+            ids.push(out.token);
+            let piece = stream.push(out.token)?;
+            text.push_str(&piece);
+            let flow = on_token(out.token, &piece, &out.scores);
+            scores.push(out.scores);
+            if flow == Flow::Stop {
+                break StopReason::Cancelled;
+            }
+        };
+        text.push_str(&stream.finish());
+        Ok(GpuGeneration { prompt_ids: prompt_ids.to_vec(), ids, text, stop, scores })
     }
 }

@@ -14,3 +14,4 @@ pub use context::{AdapterChoice, Caps, Gpu};
 pub use engine::{EngineOptions, GpuModel, StepOut};
 pub use error::{GpuError, Result};
 pub use kernel::Kernel;
+pub use wgpu;

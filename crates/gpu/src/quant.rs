@@ -262,7 +262,8 @@ impl PackedMatrix {
     }
 
     /// The affine parts of element (`row`, `col`): `(code, scale, min)`, value `code * scale + min` (for the
-    /// symmetric formats `min` is 0 and the value is `code * scale`). Plain f32 is `(value, 1, 0)`.
+    /// symmetric formats `min` is 0 and the value is `code * scale`). Plain f32 is `(value, 1, 0)`. Panics unless
+    /// `row < rows` and `col < cols`.
     pub fn element(&self, row: usize, col: usize) -> (f32, f32, f32) {
         let f = self.format;
         let word = self.codes[row * self.row_code_words() + col / f.per_word()];
@@ -284,7 +285,7 @@ impl PackedMatrix {
         (code, sup_scale * sub_scale, if f.signed { 0.0 } else { sup_min * sub_min })
     }
 
-    /// Row `row` dequantized into `out` (`cols` values): the CPU twin of what the kernels compute per element.
+    /// Row `row` (< rows) dequantized into the first `cols` values of `out`: the CPU twin of the kernels.
     pub fn dequantize_row(&self, row: usize, out: &mut [f32]) {
         for (c, o) in out.iter_mut().enumerate().take(self.cols) {
             let (code, scale, min) = self.element(row, c);
@@ -317,13 +318,13 @@ impl PackedMatrix {
         Ok((0..n_parts).map(|i| i * even..((i + 1) * even).min(self.rows)).collect())
     }
 
-    /// The codes of rows `rows`.
+    /// The codes of rows `rows` (a range from [`PackedMatrix::split_rows`]; panics past the last row).
     pub fn codes_of(&self, rows: Range<usize>) -> &[u32] {
         let w = self.row_code_words();
         &self.codes[rows.start * w..rows.end * w]
     }
 
-    /// The scales of rows `rows`.
+    /// The scales of rows `rows` (as [`PackedMatrix::codes_of`]).
     pub fn scales_of(&self, rows: Range<usize>) -> &[u32] {
         let w = self.row_scale_words();
         &self.scales[rows.start * w..rows.end * w]
