@@ -762,6 +762,9 @@ impl GpuModel {
     }
 }
 
+/// Streaming callback: (token id, its text, its scores [trait][residual index]) -> go on or stop.
+pub type OnToken<'a> = dyn FnMut(u32, &str, &[Vec<f32>]) -> personascope_model::Flow + 'a;
+
 /// A finished GPU generation.
 #[derive(Debug, Clone)]
 pub struct GpuGeneration {
@@ -782,7 +785,7 @@ impl GpuModel {
         prompt_ids: &[u32],
         max_tokens: usize,
         params: &SamplingParams,
-        on_token: &mut dyn FnMut(u32, &str, &[Vec<f32>]) -> personascope_model::Flow,
+        on_token: &mut OnToken<'_>,
     ) -> Result<GpuGeneration> {
         use personascope_model::{Flow, StopReason};
         if prompt_ids.is_empty() {
