@@ -71,7 +71,8 @@ impl<T: bytemuck::Pod + PartialEq> Uniform<T> {
 
 /// A matrix product wired to its buffers: one bind group per row part.
 struct Product {
-    matrix: GpuMatrix,
+    /// Shared with the embedding gather when the LM head is tied to it (uploaded once).
+    matrix: std::sync::Arc<GpuMatrix>,
     kernel: (PackedFormat, Epilogue),
     /// Per part: uniform and bind group.
     parts: Vec<(Uniform<matmul::Params>, MatmulBind)>,
@@ -159,7 +160,7 @@ pub struct GpuModel {
     pub options: EngineOptions,
     kernels: Kernels,
     buffers: Buffers,
-    embed: (GpuMatrix, Vec<(Uniform<embed::Params>, wgpu::BindGroup)>),
+    embed: (std::sync::Arc<GpuMatrix>, Vec<(Uniform<embed::Params>, wgpu::BindGroup)>),
     blocks: Vec<Block>,
     final_norm: (Uniform<rms_norm::Params>, wgpu::BindGroup),
     lm_head: Product,
@@ -319,7 +320,9 @@ impl GpuModel {
             macro_rules! product {
                 ($name:expr, $rows:expr, $cols:expr, $ep:expr, $x:expr, $y:expr, $b:expr) => {{
                     let m = packed(&g, &n($name), $rows, $cols)?;
-                    Self::product(&gpu, &mut kernels, &mut gpu_bytes, &n($name), &m, $ep, $x, $y, $b).await?
+                    gpu_bytes += m.gpu_bytes();
+                    let matrix = std::sync::Arc::new(GpuMatrix::upload(&gpu, &n($name), &m)?);
+                    Self::product(&gpu, &mut kernels, &n($name), matrix, $ep, $x, $y, $b).await?
                 }};
             }
             let q = product!("attn_q.weight", qd, d, with_bias, &bufs.xn, &bufs.q, bq.as_ref());
@@ -367,7 +370,7 @@ impl GpuModel {
 
         // Embedding (also the LM head when tied) and the head.
         let embd = packed(&g, "token_embd.weight", c.vocab_size, d)?;
-        let embed_matrix = GpuMatrix::upload(&gpu, "token_embd", &embd)?;
+        let embed_matrix = std::sync::Arc::new(GpuMatrix::upload(&gpu, "token_embd", &embd)?);
         gpu_bytes += embd.gpu_bytes();
         if let std::collections::hash_map::Entry::Vacant(e) = kernels.embed.entry(embd.format) {
             e.insert(Embed::new(&gpu, embd.format).await?);
@@ -384,13 +387,18 @@ impl GpuModel {
             Uniform::new(&gpu, "final norm", rms_norm::Params { rows: 1, cols: d as u32, eps: c.rms_eps, _pad: 0 });
         let final_norm =
             kernels.rms_norm.bind(&gpu, &final_norm_params.buffer, &bufs.last, &output_norm, &bufs.last_normed);
-        let head = if c.tied_embeddings { embd } else { packed(&g, "output.weight", c.vocab_size, d)? };
+        let head = if c.tied_embeddings {
+            embed_matrix.clone()
+        } else {
+            let m = packed(&g, "output.weight", c.vocab_size, d)?;
+            gpu_bytes += m.gpu_bytes();
+            std::sync::Arc::new(GpuMatrix::upload(&gpu, "output", &m)?)
+        };
         let lm_head = Self::product(
             &gpu,
             &mut kernels,
-            &mut gpu_bytes,
             "lm_head",
-            &head,
+            head,
             Epilogue { bias: false, accumulate: false },
             &bufs.last_normed,
             &bufs.logits,
@@ -458,19 +466,16 @@ impl GpuModel {
     async fn product(
         gpu: &Gpu,
         kernels: &mut Kernels,
-        gpu_bytes: &mut u64,
         label: &str,
-        m: &PackedMatrix,
+        matrix: std::sync::Arc<GpuMatrix>,
         epilogue: Epilogue,
         x: &wgpu::Buffer,
         y: &wgpu::Buffer,
         bias: Option<&wgpu::Buffer>,
     ) -> Result<Product> {
-        let matrix = GpuMatrix::upload(gpu, label, m)?;
-        *gpu_bytes += m.gpu_bytes();
-        let key = (m.format, epilogue.bias, epilogue.accumulate);
+        let key = (matrix.format, epilogue.bias, epilogue.accumulate);
         if let std::collections::hash_map::Entry::Vacant(e) = kernels.matmul.entry(key) {
-            e.insert(Matmul::new(gpu, m.format, epilogue).await?);
+            e.insert(Matmul::new(gpu, matrix.format, epilogue).await?);
         }
         let kernel = &kernels.matmul[&key];
         let mut parts = Vec::with_capacity(matrix.parts.len());
@@ -479,7 +484,8 @@ impl GpuModel {
             let bind = kernel.bind(gpu, &params.buffer, part, x, y, bias)?;
             parts.push((params, bind));
         }
-        Ok(Product { matrix, kernel: (m.format, epilogue), parts })
+        let format = matrix.format;
+        Ok(Product { matrix, kernel: (format, epilogue), parts })
     }
 }
 
