@@ -34,8 +34,9 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
-step "wasm32 build of the model crate (tokenizer, template, CPU forward)"
+step "wasm32 build of the model and GPU engine crates"
 cargo build --quiet --target wasm32-unknown-unknown -p personascope-model --no-default-features
+cargo build --quiet --target wasm32-unknown-unknown -p personascope-gpu
 
 step "cargo test"
 set +e

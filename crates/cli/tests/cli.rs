@@ -6,7 +6,12 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn personascope(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_personascope")).args(args).output().expect("run personascope");
+    // The GPU runs use the software Vulkan adapter (lavapipe) so they run on machines without a GPU.
+    let out = Command::new(env!("CARGO_BIN_EXE_personascope"))
+        .args(args)
+        .env("PERSONASCOPE_ADAPTER", "fallback")
+        .output()
+        .expect("run personascope");
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
@@ -106,4 +111,27 @@ fn inspect_describes_the_model() {
     assert!(out["tensor_types"]["Q4_1"]["count"].as_u64().expect("count") > 100);
     let (ok, text, _) = personascope(&["inspect", &model()]);
     assert!(ok && text.contains("30 blocks") && text.contains("residual"), "{text}");
+}
+
+#[test]
+fn gpu_backend_matches_cpu() {
+    // Native wgpu on the software Vulkan driver: greedy ids and top logits equal the CPU reference's.
+    let msgs = first_case_messages("france-gpu.json");
+    let msgs = msgs.to_str().expect("path");
+    let m = model();
+    let generate = |backend: &str| {
+        let a = ["generate", "--model", &m, "--messages", msgs, "--max-tokens", "8", "--greedy", "--json"];
+        json_of(&[&a[..], &["--backend", backend]].concat())
+    };
+    let (gpu, cpu) = (generate("gpu"), generate("cpu"));
+    assert_eq!(gpu["ids"], cpu["ids"], "gpu {gpu} cpu {cpu}");
+    assert!(gpu["text"].as_str().expect("text").contains("Paris"));
+    let top =
+        |backend: &str| json_of(&["logits", "--model", &m, "--messages", msgs, "--top-k", "5", "--backend", backend]);
+    let (g, c) = (top("gpu"), top("cpu"));
+    for i in 0..5 {
+        assert_eq!(g["top"][i][0], c["top"][i][0], "top-{i} token");
+        let (a, b) = (g["top"][i][1].as_f64().expect("logit"), c["top"][i][1].as_f64().expect("logit"));
+        assert!((a - b).abs() < 1e-3 * b.abs().max(1.0), "top-{i} logit gpu {a} cpu {b}");
+    }
 }
