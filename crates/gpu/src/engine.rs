@@ -568,6 +568,35 @@ impl GpuModel {
         Ok(())
     }
 
+    /// Keeps running sums of the residual at every residual index over the tokens at absolute positions in
+    /// `positions` (e.g. the response tokens, for the persona method's response average), from now on; the sums
+    /// start at zero. `None` stops summing. The sums never leave the GPU until [`GpuModel::read_sums`].
+    pub fn set_sum_range(&mut self, positions: Option<std::ops::Range<usize>>) {
+        let sat = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+        enc.clear_buffer(&self.buffers.sums, 0, None);
+        self.gpu.queue.submit([enc.finish()]);
+        for (u, _) in &mut self.capture {
+            let mut p = u.value;
+            match &positions {
+                Some(r) => {
+                    p.flags = accumulate::CAPTURE | accumulate::SUM;
+                    p.start = sat(r.start);
+                    p.end = sat(r.end);
+                }
+                None => p.flags = accumulate::CAPTURE,
+            }
+            u.set(&self.gpu, p);
+        }
+    }
+
+    /// The running sums [N+1][d] (see [`GpuModel::set_sum_range`]).
+    pub async fn read_sums(&self) -> Result<Vec<Vec<f32>>> {
+        let d = self.config.d_model;
+        let flat = crate::kernel::read_f32(&self.gpu, &self.buffers.sums, (self.config.n_layers + 1) * d).await?;
+        Ok(flat.chunks_exact(d).map(<[f32]>::to_vec).collect())
+    }
+
     /// Writes every per-call uniform for `n` tokens at positions `pos0..`.
     fn set_uniforms(&mut self, pos0: usize, n: usize) -> Result<()> {
         let gpu = &self.gpu;
@@ -596,6 +625,7 @@ impl GpuModel {
         for (u, _) in &mut self.capture {
             let mut p = u.value;
             p.rows = n_u;
+            p.pos0 = pos0_u;
             p.capture_row = n_u - 1;
             u.set(gpu, p);
         }

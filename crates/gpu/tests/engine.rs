@@ -152,3 +152,37 @@ fn steering_and_monitoring_match_cpu() {
     assert!(e < LOGITS_REL, "unsteered after reset: {e:.3e}");
     let _ = &mut hook as &mut dyn ResidualHook;
 }
+
+#[test]
+fn running_sums_match_cpu_capture() {
+    // Response averages without reading every token back: sums over positions P-1.. kept on the GPU.
+    let path = golden_path("qwen2_tiny.gguf");
+    let cpu = Model::load(&path).expect("cpu");
+    let mut g = load_gpu(&path);
+    let ids = cpu.tokenizer.encode("A short prompt about the sea and the stars.").expect("ids");
+    let n = cpu.config.n_layers;
+    let range = ids.len() - 3..usize::MAX;
+    g.set_sum_range(Some(range.clone()));
+    let mut capture = Capture::all_layers(n, range);
+    let mut cache = cpu.new_cache();
+    let mut logits = cpu.forward(&mut cache, &ids, &mut capture, Logits::Last).expect("cpu");
+    pollster::block_on(g.prefill(&ids)).expect("prefill");
+    for step in 0..5 {
+        let out = pollster::block_on(g.step(&SamplingParams::greedy(), step)).expect("step");
+        let tok = argmax(&logits) as u32;
+        assert_eq!(out.token, tok);
+        logits = cpu.forward(&mut cache, &[tok], &mut capture, Logits::Last).expect("cpu step");
+    }
+    let sums = pollster::block_on(g.read_sums()).expect("sums");
+    for l in 0..=n {
+        let mut want = vec![0f32; cpu.config.d_model];
+        for (_, row) in &capture.rows[l] {
+            for (w, x) in want.iter_mut().zip(row) {
+                *w += x;
+            }
+        }
+        assert_eq!(capture.rows[l].len(), 3 + 5, "captured tokens");
+        let e = rel_l2(&sums[l], &want);
+        assert!(e < RESIDUAL_REL, "sum at residual index {l}: rel err {e:.3e}");
+    }
+}
