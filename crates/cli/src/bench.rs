@@ -115,7 +115,7 @@ pub fn overhead(base_tok_s: f64, with_tok_s: f64) -> f64 {
 
 /// The same measurements on the GPU engine. Every timed region ends with a readback, so GPU work is complete
 /// when the clock stops.
-pub fn bench_gpu(path: &Path, runs: usize) -> Result<Value, String> {
+pub fn bench_gpu(path: &Path, runs: usize, profile: bool) -> Result<Value, String> {
     use personascope_gpu::{AdapterChoice, EngineOptions, Gpu, GpuModel};
     use personascope_model::SamplingParams;
     let choice = match std::env::var("PERSONASCOPE_ADAPTER").as_deref() {
@@ -173,7 +173,22 @@ pub fn bench_gpu(path: &Path, runs: usize) -> Result<Value, String> {
     }]);
     g.set_steering(&steer).map_err(e)?;
     let steered = best(runs, || decode_run(&mut g))?;
+    let profile = if profile {
+        let (decode_ms, prefill_ms) = pollster::block_on(g.profile(&cpu_prompt)).map_err(e)?;
+        let table = |rows: Vec<(String, f64)>| {
+            let total: f64 = rows.iter().map(|(_, ms)| ms).sum();
+            json!({ "total_ms": total, "kernels_ms": rows.into_iter().map(|(k, ms)| json!([k, ms])).collect::<Vec<_>>() })
+        };
+        json!({
+            "note": "one dispatch per timed pass; decode = one step (with the steering above), prefill = the 128-token prompt",
+            "decode": table(decode_ms),
+            "prefill": table(prefill_ms),
+        })
+    } else {
+        Value::Null
+    };
     Ok(json!({
+        "profile": profile,
         "backend": "gpu",
         "adapter": adapter,
         "model": g.name,

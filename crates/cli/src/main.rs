@@ -160,6 +160,9 @@ enum Command {
         /// Repetitions of each measurement; the best is reported.
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Also report per-kernel GPU time from timestamp queries (GPU backend only).
+        #[arg(long)]
+        profile: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -300,10 +303,11 @@ fn run(command: Command) -> CliResult<()> {
             print_json(&json!({ "norms": norms }));
             Ok(())
         }
-        Command::Bench { model, runs, json } => {
+        Command::Bench { model, runs, profile, json } => {
             let report = match model.backend {
+                Backend::Cpu if profile => return Err("--profile needs --backend gpu (it reads GPU timestamps)".into()),
                 Backend::Cpu => bench::bench_cpu(&model.model, runs.max(1))?,
-                Backend::Gpu => bench::bench_gpu(&model.model, runs.max(1))?,
+                Backend::Gpu => bench::bench_gpu(&model.model, runs.max(1), profile)?,
             };
             if json {
                 print_json(&report);

@@ -27,6 +27,7 @@ use crate::kernels::rope::{self, Rope, RopeShape};
 use crate::kernels::sample::{self, Sample};
 use crate::kernels::silu_gate::{self, SiluGate};
 use crate::kernels::steer::{self, SteerKernel};
+use crate::profile::{Profiler, Rec};
 use crate::quant::{GpuMatrix, PackedFormat, PackedMatrix};
 use crate::{Gpu, GpuError, Result};
 use personascope_gguf::Gguf;
@@ -639,43 +640,55 @@ impl GpuModel {
 
     /// Records the blocks for the tokens whose ids are at ids[pos0..pos0+n] (uniforms already set), then the final
     /// norm of the last row, the LM head and the projection.
-    fn record_forward(&self, enc: &mut wgpu::CommandEncoder, n: usize, sample_first: bool) -> Result<()> {
+    fn record_forward(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        n: usize,
+        sample_first: bool,
+        mut prof: Option<&mut Profiler>,
+    ) -> Result<()> {
         let k = &self.kernels;
         let c = &self.config;
         {
-            let mut pass = enc.begin_compute_pass(&Default::default());
+            let mut rec = Rec::new(enc, prof.as_deref_mut());
             if sample_first {
-                k.sample.dispatch(&mut pass, &self.sample.1);
+                rec.run("sample", |p| k.sample.dispatch(p, &self.sample.1));
             }
             let embed_kernel = &k.embed[&self.embed.0.format];
-            for (u, bind) in &self.embed.1 {
-                embed_kernel.dispatch(&mut pass, bind, &u.value);
-            }
-            self.record_hooks(&mut pass, 0);
-            for (l, b) in self.blocks.iter().enumerate() {
-                k.rms_norm.dispatch(&mut pass, &b.attn_norm, n as u32);
-                for prod in [&b.q, &b.k, &b.v] {
-                    self.record_product(&mut pass, prod);
+            rec.run("embed", |p| {
+                for (u, bind) in &self.embed.1 {
+                    embed_kernel.dispatch(p, bind, &u.value);
                 }
-                k.rope.dispatch(&mut pass, &b.rope, &self.rope_params.value);
-                k.attention.dispatch(&mut pass, &b.attention, &self.attention_params.value)?;
-                self.record_product(&mut pass, &b.o);
-                k.rms_norm.dispatch(&mut pass, &b.ffn_norm, n as u32);
-                self.record_product(&mut pass, &b.gate);
-                self.record_product(&mut pass, &b.up);
-                k.silu.dispatch(&mut pass, &b.silu, &self.silu_params.value);
-                self.record_product(&mut pass, &b.down);
-                self.record_hooks(&mut pass, l + 1);
+            });
+            self.record_hooks(&mut rec, 0);
+            for (l, b) in self.blocks.iter().enumerate() {
+                rec.run("rms_norm", |p| k.rms_norm.dispatch(p, &b.attn_norm, n as u32));
+                rec.run("matmul q", |p| self.record_product(p, &b.q));
+                rec.run("matmul k", |p| self.record_product(p, &b.k));
+                rec.run("matmul v", |p| self.record_product(p, &b.v));
+                rec.run("rope", |p| k.rope.dispatch(p, &b.rope, &self.rope_params.value));
+                let mut attention = Ok(());
+                rec.run("attention", |p| {
+                    attention = k.attention.dispatch(p, &b.attention, &self.attention_params.value)
+                });
+                attention?;
+                rec.run("matmul o", |p| self.record_product(p, &b.o));
+                rec.run("rms_norm", |p| k.rms_norm.dispatch(p, &b.ffn_norm, n as u32));
+                rec.run("matmul gate", |p| self.record_product(p, &b.gate));
+                rec.run("matmul up", |p| self.record_product(p, &b.up));
+                rec.run("silu_gate", |p| k.silu.dispatch(p, &b.silu, &self.silu_params.value));
+                rec.run("matmul down", |p| self.record_product(p, &b.down));
+                self.record_hooks(&mut rec, l + 1);
             }
         }
         let d4 = (c.d_model * 4) as u64;
         enc.copy_buffer_to_buffer(&self.buffers.x, (n as u64 - 1) * d4, &self.buffers.last, 0, d4);
         {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            k.rms_norm.dispatch(&mut pass, &self.final_norm.1, 1);
-            self.record_product(&mut pass, &self.lm_head);
+            let mut rec = Rec::new(enc, prof.as_deref_mut());
+            rec.run("rms_norm", |p| k.rms_norm.dispatch(p, &self.final_norm.1, 1));
+            rec.run("lm_head", |p| self.record_product(p, &self.lm_head));
             if let Some(m) = &self.monitor {
-                k.project.dispatch(&mut pass, &m.bind, &m.params.value);
+                rec.run("project", |p| k.project.dispatch(p, &m.bind, &m.params.value));
             }
         }
         Ok(())
@@ -690,16 +703,16 @@ impl GpuModel {
 
     /// Steering, then capture, at residual index `layer` (so the monitor sees the steered stream, as the CPU path
     /// does with `(Steer, Projection)`).
-    fn record_hooks(&self, pass: &mut wgpu::ComputePass<'_>, layer: usize) {
+    fn record_hooks(&self, rec: &mut Rec<'_>, layer: usize) {
         if let Some(s) = &self.steer {
             for (l, _, u, bind) in &s.layers {
                 if *l == layer {
-                    self.kernels.steer.dispatch(pass, bind, &u.value);
+                    rec.run("steer", |p| self.kernels.steer.dispatch(p, bind, &u.value));
                 }
             }
         }
         let (u, bind) = &self.capture[layer];
-        self.kernels.accumulate.dispatch(pass, bind, &u.value);
+        rec.run("capture", |p| self.kernels.accumulate.dispatch(p, bind, &u.value));
     }
 
     fn check_room(&self, n: usize) -> Result<()> {
@@ -725,7 +738,7 @@ impl GpuModel {
             let n = chunk.len();
             self.set_uniforms(self.pos, n)?;
             let mut enc = self.gpu.device.create_command_encoder(&Default::default());
-            self.record_forward(&mut enc, n, false)?;
+            self.record_forward(&mut enc, n, false, None)?;
             self.gpu.queue.submit([enc.finish()]);
             self.pos += n;
         }
@@ -747,7 +760,7 @@ impl GpuModel {
         self.sample.0.set(&self.gpu, sp);
         self.set_uniforms(pos, 1)?;
         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
-        self.record_forward(&mut enc, 1, true)?;
+        self.record_forward(&mut enc, 1, true, None)?;
         let words =
             sample::OUT_WORDS as usize + self.monitor.as_ref().map_or(0, |m| m.traits * (self.config.n_layers + 1));
         enc.copy_buffer_to_buffer(&self.buffers.out, 0, &self.buffers.staging, 0, (words * 4) as u64);
@@ -856,5 +869,49 @@ impl GpuModel {
         };
         text.push_str(&stream.finish());
         Ok(GpuGeneration { prompt_ids: prompt_ids.to_vec(), ids, text, stop, scores })
+    }
+}
+
+impl GpuModel {
+    /// Per-kernel GPU time of one decode step (greedy) and of processing `prompt` (fresh sequence), from timestamp
+    /// queries, each dispatch in its own pass: (kernel, milliseconds summed over its dispatches), largest first.
+    pub async fn profile(&mut self, prompt: &[u32]) -> Result<(Vec<(String, f64)>, Vec<(String, f64)>)> {
+        let mut prof = Profiler::new(&self.gpu, 2048)?;
+        self.reset();
+        self.check_room(prompt.len() + 1)?;
+        self.gpu.queue.write_buffer(&self.buffers.ids, 0, bytemuck::cast_slice(prompt));
+        let mut prefill = Vec::new();
+        for chunk in prompt.chunks(self.options.batch) {
+            self.set_uniforms(self.pos, chunk.len())?;
+            let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+            self.record_forward(&mut enc, chunk.len(), false, Some(&mut prof))?;
+            prof.finish(&mut enc);
+            self.gpu.queue.submit([enc.finish()]);
+            prefill.extend(prof.read(&self.gpu).await?);
+            self.pos += chunk.len();
+        }
+        let mut sp = sample::Params::new(&SamplingParams::greedy(), self.config.vocab_size as u32)?;
+        sp.ctx_len = self.pos as u32;
+        sp.write_index = self.pos as u32;
+        self.sample.0.set(&self.gpu, sp);
+        self.set_uniforms(self.pos, 1)?;
+        let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+        self.record_forward(&mut enc, 1, true, Some(&mut prof))?;
+        prof.finish(&mut enc);
+        self.gpu.queue.submit([enc.finish()]);
+        let decode = prof.read(&self.gpu).await?;
+        self.pos += 1;
+        let total = |rows: Vec<(&'static str, f64)>| {
+            let mut sums: Vec<(String, f64)> = Vec::new();
+            for (name, ns) in rows {
+                match sums.iter_mut().find(|(n, _)| n == name) {
+                    Some(e) => e.1 += ns / 1e6,
+                    None => sums.push((name.to_string(), ns / 1e6)),
+                }
+            }
+            sums.sort_by(|a, b| b.1.total_cmp(&a.1));
+            sums
+        };
+        Ok((total(decode), total(prefill)))
     }
 }

@@ -6,6 +6,7 @@ pub mod engine;
 mod error;
 pub mod kernel;
 pub mod kernels;
+pub mod profile;
 pub mod quant;
 pub mod shader;
 pub mod twins;
