@@ -684,7 +684,7 @@ impl GpuModel {
         let d4 = (c.d_model * 4) as u64;
         enc.copy_buffer_to_buffer(&self.buffers.x, (n as u64 - 1) * d4, &self.buffers.last, 0, d4);
         {
-            let mut rec = Rec::new(enc, prof.as_deref_mut());
+            let mut rec = Rec::new(enc, prof);
             rec.run("rms_norm", |p| k.rms_norm.dispatch(p, &self.final_norm.1, 1));
             rec.run("lm_head", |p| self.record_product(p, &self.lm_head));
             if let Some(m) = &self.monitor {

@@ -50,15 +50,14 @@ impl Session {
         }
     }
 
-    /// "SwiftShader Device (Subzero) on BrowserWebGpu (Cpu)", with the optional features in use.
+    /// The adapter (browsers may hide its name) and the optional features in use, e.g.
+    /// "(name hidden) on BrowserWebGpu (Cpu) [f16: false, subgroups: false, timestamps: true]".
     pub fn adapter(&self) -> String {
-        let caps = self.model.gpu.caps;
+        let gpu = &self.model.gpu;
+        let name = if gpu.adapter.name.is_empty() { "(name hidden)" } else { gpu.adapter.name.as_str() };
         format!(
-            "{} [f16: {}, subgroups: {}, timestamps: {}]",
-            self.model.gpu.describe(),
-            caps.f16,
-            caps.subgroups,
-            caps.timestamps
+            "{name} on {:?} ({:?}) [f16: {}, subgroups: {}, timestamps: {}]",
+            gpu.adapter.backend, gpu.adapter.device_type, gpu.caps.f16, gpu.caps.subgroups, gpu.caps.timestamps
         )
     }
 
