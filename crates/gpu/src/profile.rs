@@ -72,6 +72,8 @@ impl Profiler {
 }
 
 /// Where dispatches are recorded: one shared pass (normal), or one timed pass each (profiling).
+// The pass is large but lives on the stack for one recording; boxing it would allocate every step.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Rec<'a> {
     One(wgpu::ComputePass<'a>),
     Each { enc: &'a mut wgpu::CommandEncoder, prof: &'a mut Profiler },
