@@ -44,9 +44,17 @@ cargo test --workspace --no-fail-fast 2>&1 | tee "${TMPDIR:-/tmp}/personascope-t
 status=${PIPESTATUS[0]}
 set -e
 
+step "browser: the wasm build in headless Chromium (WebGPU on SwiftShader) vs the native reference"
+set +e
+bash tests/browser/run.sh 2>&1 | tee "${TMPDIR:-/tmp}/personascope-browser.log"
+browser=${PIPESTATUS[0]}
+set -e
+
 step "summary"
 grep -E '^test result:|FAILED|panicked' "${TMPDIR:-/tmp}/personascope-test.log" || true
 passed=$(grep -Eo '[0-9]+ passed' "${TMPDIR:-/tmp}/personascope-test.log" | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed' "${TMPDIR:-/tmp}/personascope-test.log" | awk '{s+=$1} END {print s+0}')
+if [ "$browser" = 0 ]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+grep -E '^(PASS|FAIL)' "${TMPDIR:-/tmp}/personascope-browser.log" || echo "browser test: FAIL (exit $browser)"
 echo "tests: $passed passed, $failed failed"
-exit "$status"
+[ "$status" = 0 ] && [ "$browser" = 0 ]

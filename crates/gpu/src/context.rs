@@ -18,6 +18,9 @@ pub struct Gpu {
     pub adapter: wgpu::AdapterInfo,
     pub caps: Caps,
     pub limits: wgpu::Limits,
+    /// The first uncaptured device error or device loss, reported by [`Gpu::health`]. wgpu's default handler
+    /// panics, which in the browser would kill the whole module.
+    trouble: std::sync::Arc<std::sync::Mutex<Option<GpuError>>>,
 }
 
 /// Which adapter [`Gpu::request`] asks for.
@@ -40,7 +43,29 @@ impl Gpu {
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
         };
         let limits = device.limits();
-        Gpu { device, queue, adapter, caps, limits }
+        let trouble = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let sink = trouble.clone();
+        device.on_uncaptured_error(std::sync::Arc::new(move |e: wgpu::Error| {
+            if let Ok(mut slot) = sink.lock() {
+                slot.get_or_insert(GpuError::Validation { what: "a GPU command".into(), msg: e.to_string() });
+            }
+        }));
+        let sink = trouble.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            if let Ok(mut slot) = sink.lock() {
+                *slot = Some(GpuError::DeviceLost(format!("{reason:?}: {msg}")));
+            }
+        });
+        Gpu { device, queue, adapter, caps, limits, trouble }
+    }
+
+    /// Err with the first device error or the loss of the device, if either happened.
+    pub fn health(&self) -> Result<()> {
+        match self.trouble.lock().ok().and_then(|slot| slot.as_ref().map(|e| e.to_string())) {
+            None => Ok(()),
+            Some(msg) if msg.starts_with("the GPU device was lost") => Err(GpuError::DeviceLost(msg)),
+            Some(msg) => Err(GpuError::Validation { what: "the GPU device".into(), msg }),
+        }
     }
 
     /// Finds an adapter and opens a device with the adapter's own limits (larger than the WebGPU defaults where the

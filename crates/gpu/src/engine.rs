@@ -716,6 +716,7 @@ impl GpuModel {
     }
 
     fn check_room(&self, n: usize) -> Result<()> {
+        self.gpu.health()?;
         let max = self.options.max_positions;
         if self.pos + n > max {
             return Err(GpuError::Model(personascope_model::ModelError::ContextFull { needed: self.pos + n, max }));
@@ -767,6 +768,7 @@ impl GpuModel {
         self.gpu.queue.submit([enc.finish()]);
         self.pos += 1;
         let bytes = crate::kernel::read_staging(&self.gpu, &self.buffers.staging, (words * 4) as u64).await?;
+        self.gpu.health()?;
         let w: Vec<u32> = bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
         let record = sample::Record::from_words(&w)
             .ok_or_else(|| GpuError::Readback { what: "sample record".into(), msg: "short read".into() })?;

@@ -186,3 +186,24 @@ fn running_sums_match_cpu_capture() {
         assert!(e < RESIDUAL_REL, "sum at residual index {l}: rel err {e:.3e}");
     }
 }
+
+#[test]
+fn device_errors_are_reported_not_panics() {
+    // A bad command (a copy past the end of a buffer) must surface through `health()`, not wgpu's panicking
+    // default handler.
+    let g = gpu().clone();
+    let own = personascope_gpu::Gpu::request_blocking(
+        personascope_gpu::AdapterChoice::Fallback,
+        personascope_gpu::wgpu::Backends::VULKAN,
+    )
+    .expect("second device");
+    assert!(g.health().is_ok());
+    let a = personascope_gpu::kernel::storage_zeroed(&own, "a", 16);
+    let b = personascope_gpu::kernel::storage_zeroed(&own, "b", 16);
+    let mut enc = own.device.create_command_encoder(&Default::default());
+    enc.copy_buffer_to_buffer(&a, 0, &b, 0, 64);
+    own.queue.submit([enc.finish()]);
+    let _ = own.device.poll(personascope_gpu::wgpu::PollType::wait_indefinitely());
+    let err = own.health().expect_err("the invalid copy must be reported");
+    assert!(err.to_string().contains("GPU"), "{err}");
+}
