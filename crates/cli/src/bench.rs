@@ -88,24 +88,55 @@ pub fn bench_cpu(path: &Path, runs: usize) -> Result<Value, String> {
         decode_run(&model, &prompt, &mut steer)
     })?;
     let kv_bytes = 2 * c.n_layers * (PROMPT_TOKENS + DECODE_TOKENS) * c.kv_dim() * 4;
-    Ok(json!({
-        "backend": "cpu",
-        "adapter": format!("CPU ({} threads)", std::thread::available_parallelism().map_or(1, |n| n.get())),
-        "model": model.name,
-        "load_s": load_s,
-        "prefill_tok_s": prefill,
-        "decode_tok_s": decode,
-        "decode_monitor_tok_s": monitored,
-        "decode_steer_tok_s": steered,
-        "monitor_overhead_pct": overhead(decode, monitored),
-        "steer_overhead_pct": overhead(decode, steered),
-        "memory_bytes": model.file_size() + kv_bytes,
-        "memory_note": "weights as stored in the file plus the KV cache of the run (CPU backend: no GPU memory)",
-        "runs": runs,
-        "prompt_tokens": PROMPT_TOKENS,
-        "decode_tokens": DECODE_TOKENS,
-        "monitor_traits": MONITOR_TRAITS,
-    }))
+    Ok(Figures {
+        backend: "cpu",
+        adapter: format!("CPU ({} threads)", std::thread::available_parallelism().map_or(1, |n| n.get())),
+        model: model.name.clone(),
+        load_s,
+        rates: [prefill, decode, monitored, steered],
+        memory_bytes: (model.file_size() + kv_bytes) as u64,
+        memory_note: "weights as stored in the file plus the KV cache of the run (CPU backend: no GPU memory)",
+        runs,
+    }
+    .to_json(Value::Null))
+}
+
+/// What a bench run measured; one JSON layout for both backends.
+struct Figures {
+    backend: &'static str,
+    adapter: String,
+    model: String,
+    load_s: f64,
+    /// prefill, decode, decode with monitoring, decode with steering (tokens per second).
+    rates: [f64; 4],
+    memory_bytes: u64,
+    memory_note: &'static str,
+    runs: usize,
+}
+
+impl Figures {
+    fn to_json(&self, profile: Value) -> Value {
+        let [prefill, decode, monitored, steered] = self.rates;
+        json!({
+            "backend": self.backend,
+            "adapter": self.adapter,
+            "model": self.model,
+            "load_s": self.load_s,
+            "prefill_tok_s": prefill,
+            "decode_tok_s": decode,
+            "decode_monitor_tok_s": monitored,
+            "decode_steer_tok_s": steered,
+            "monitor_overhead_pct": overhead(decode, monitored),
+            "steer_overhead_pct": overhead(decode, steered),
+            "memory_bytes": self.memory_bytes,
+            "memory_note": self.memory_note,
+            "runs": self.runs,
+            "prompt_tokens": PROMPT_TOKENS,
+            "decode_tokens": DECODE_TOKENS,
+            "monitor_traits": MONITOR_TRAITS,
+            "profile": profile,
+        })
+    }
 }
 
 /// Extra time per token in percent: 100 * (t_with / t_without - 1), from rates in tokens per second.
@@ -118,13 +149,9 @@ pub fn overhead(base_tok_s: f64, with_tok_s: f64) -> f64 {
 pub fn bench_gpu(path: &Path, runs: usize, profile: bool) -> Result<Value, String> {
     use personascope_gpu::{AdapterChoice, EngineOptions, Gpu, GpuModel};
     use personascope_model::SamplingParams;
-    let choice = match std::env::var("PERSONASCOPE_ADAPTER").as_deref() {
-        Ok("fallback") => AdapterChoice::Fallback,
-        _ => AdapterChoice::HighPerformance,
-    };
     let e = |e: personascope_gpu::GpuError| e.to_string();
     let t0 = Instant::now();
-    let gpu = Gpu::request_blocking(choice, personascope_gpu::wgpu::Backends::PRIMARY).map_err(e)?;
+    let gpu = Gpu::request_blocking(AdapterChoice::from_env(), personascope_gpu::wgpu::Backends::PRIMARY).map_err(e)?;
     let adapter = gpu.describe();
     let bytes = std::fs::read(path).map_err(|err| format!("{}: {err}", path.display()))?;
     let opts = EngineOptions { max_positions: PROMPT_TOKENS + DECODE_TOKENS + 8, ..Default::default() };
@@ -187,23 +214,15 @@ pub fn bench_gpu(path: &Path, runs: usize, profile: bool) -> Result<Value, Strin
     } else {
         Value::Null
     };
-    Ok(json!({
-        "profile": profile,
-        "backend": "gpu",
-        "adapter": adapter,
-        "model": g.name,
-        "load_s": load_s,
-        "prefill_tok_s": prefill,
-        "decode_tok_s": decode,
-        "decode_monitor_tok_s": monitored,
-        "decode_steer_tok_s": steered,
-        "monitor_overhead_pct": overhead(decode, monitored),
-        "steer_overhead_pct": overhead(decode, steered),
-        "memory_bytes": g.gpu_bytes,
-        "memory_note": "GPU buffers: packed weights, KV cache, activations",
-        "runs": runs,
-        "prompt_tokens": PROMPT_TOKENS,
-        "decode_tokens": DECODE_TOKENS,
-        "monitor_traits": MONITOR_TRAITS,
-    }))
+    Ok(Figures {
+        backend: "gpu",
+        adapter,
+        model: g.name.clone(),
+        load_s,
+        rates: [prefill, decode, monitored, steered],
+        memory_bytes: g.gpu_bytes,
+        memory_note: "GPU buffers: packed weights, KV cache, activations",
+        runs,
+    }
+    .to_json(profile))
 }

@@ -201,11 +201,8 @@ fn load(args: &ModelArgs) -> CliResult<Model> {
 }
 
 fn load_gpu(path: &Path) -> CliResult<GpuModel> {
-    let choice = match std::env::var("PERSONASCOPE_ADAPTER").as_deref() {
-        Ok("fallback") => AdapterChoice::Fallback,
-        _ => AdapterChoice::HighPerformance,
-    };
-    let gpu = Gpu::request_blocking(choice, personascope_gpu::wgpu::Backends::PRIMARY).map_err(|e| e.to_string())?;
+    let gpu = Gpu::request_blocking(AdapterChoice::from_env(), personascope_gpu::wgpu::Backends::PRIMARY)
+        .map_err(|e| e.to_string())?;
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     pollster::block_on(GpuModel::load(gpu, &bytes, EngineOptions::default()))
         .map_err(|e| format!("{}: {e}", path.display()))

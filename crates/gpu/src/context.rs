@@ -33,6 +33,17 @@ pub enum AdapterChoice {
     Fallback,
 }
 
+impl AdapterChoice {
+    /// `PERSONASCOPE_ADAPTER=fallback` picks the software adapter; anything else the high-performance one.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn from_env() -> Self {
+        match std::env::var("PERSONASCOPE_ADAPTER").as_deref() {
+            Ok("fallback") => AdapterChoice::Fallback,
+            _ => AdapterChoice::HighPerformance,
+        }
+    }
+}
+
 impl Gpu {
     /// Wraps a device and queue someone else created. `caps` must only claim features the device was created with.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, adapter: wgpu::AdapterInfo) -> Self {
