@@ -212,6 +212,18 @@ impl GpuModel {
     /// Loads a GGUF model (the file's bytes) onto `gpu`. Checks that weights, caches and activations fit the
     /// device's buffer limits before allocating them.
     pub async fn load(gpu: Gpu, file: &[u8], options: EngineOptions) -> Result<Self> {
+        // Allocation failures anywhere in the load come back as one error that says how much was asked for.
+        let oom = gpu.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let model = Self::load_inner(gpu, file, options).await;
+        let refused = oom.pop().await;
+        let model = model?;
+        match refused {
+            None => Ok(model),
+            Some(e) => Err(GpuError::AllocationFailed { needed: model.gpu_bytes, msg: e.to_string() }),
+        }
+    }
+
+    async fn load_inner(gpu: Gpu, file: &[u8], options: EngineOptions) -> Result<Self> {
         let g = Gguf::parse(file).map_err(|e| GpuError::Model(e.into()))?;
         let config = Config::from_gguf(&g)?;
         let tokenizer = std::sync::Arc::new(Tokenizer::from_gguf(&g)?);

@@ -11,6 +11,8 @@ pub enum GpuError {
     DeviceLost(String),
     #[error("not enough GPU memory: {what} needs {needed} bytes, the device allows {available}")]
     OutOfMemory { what: String, needed: u64, available: u64 },
+    #[error("the GPU could not allocate the {needed} bytes this model needs ({msg}); try a smaller model or context")]
+    AllocationFailed { needed: u64, msg: String },
     #[error("shader `{shader}`: {msg}")]
     Shader { shader: String, msg: String },
     #[error("GPU validation error in {what}: {msg}")]
