@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
+# Logs of this run only (another run on the same machine must not mix into the counts).
+logs="$(mktemp -d "${TMPDIR:-/tmp}/personascope-run.XXXXXX")"
+trap 'rm -rf "$logs"' EXIT
 
 step "default model"
 bash models/fetch.sh
@@ -40,21 +43,21 @@ cargo build --quiet --target wasm32-unknown-unknown -p personascope-gpu
 
 step "cargo test"
 set +e
-cargo test --workspace --no-fail-fast 2>&1 | tee "${TMPDIR:-/tmp}/personascope-test.log"
+cargo test --workspace --no-fail-fast 2>&1 | tee "$logs/test.log"
 status=${PIPESTATUS[0]}
 set -e
 
 step "browser: the wasm build in headless Chromium (WebGPU on SwiftShader) vs the native reference"
 set +e
-bash tests/browser/run.sh 2>&1 | tee "${TMPDIR:-/tmp}/personascope-browser.log"
+bash tests/browser/run.sh 2>&1 | tee "$logs/browser.log"
 browser=${PIPESTATUS[0]}
 set -e
 
 step "summary"
-grep -E '^test result:|FAILED|panicked' "${TMPDIR:-/tmp}/personascope-test.log" || true
-passed=$(grep -Eo '[0-9]+ passed' "${TMPDIR:-/tmp}/personascope-test.log" | awk '{s+=$1} END {print s+0}')
-failed=$(grep -Eo '[0-9]+ failed' "${TMPDIR:-/tmp}/personascope-test.log" | awk '{s+=$1} END {print s+0}')
+grep -E '^test result:|FAILED|panicked' "$logs/test.log" || true
+passed=$(grep -Eo '[0-9]+ passed' "$logs/test.log" | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed' "$logs/test.log" | awk '{s+=$1} END {print s+0}')
 if [ "$browser" = 0 ]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
-grep -E '^(PASS|FAIL)' "${TMPDIR:-/tmp}/personascope-browser.log" || echo "browser test: FAIL (exit $browser)"
+grep -E '^(PASS|FAIL)' "$logs/browser.log" || echo "browser test: FAIL (exit $browser)"
 echo "tests: $passed passed, $failed failed"
 [ "$status" = 0 ] && [ "$browser" = 0 ]
