@@ -68,7 +68,7 @@ from gguf.quants import dequantize
 
 from common import GOLDEN_DIR, read_json, versions, write_json
 from make_qwen2_tiny import CORPUS as QWEN2_CORPUS
-from make_qwen2_tiny import byte_alphabet, f16
+from make_qwen2_tiny import byte_alphabet, f16, train_bpe
 from make_qwen2_tiny import random_blocks as random_kquant_q8_blocks
 
 LLAMA3_TINY_GGUF = "llama3_tiny.gguf"
@@ -180,39 +180,6 @@ N_GREEDY = 32
 # ---------------------------------------------------------------------------------------------------------
 # Vocabulary
 # ---------------------------------------------------------------------------------------------------------
-
-
-def train_bpe(text: str, n_merges: int, split: str) -> list[tuple[str, str]]:
-    """make_qwen2_tiny.py's trainer with the split regex as a parameter: count pre-tokenized chunks, repeatedly
-    merge the most frequent adjacent pair, ties to the lexicographically smallest pair."""
-    alphabet = byte_alphabet()
-    chunk_counts = collections.Counter(regex.findall(split, text))
-    words = {tuple(alphabet[b] for b in chunk.encode("utf-8")): n for chunk, n in chunk_counts.items()}
-    merges: list[tuple[str, str]] = []
-    for _ in range(n_merges):
-        pairs: collections.Counter = collections.Counter()
-        for word, n in words.items():
-            for a, b in zip(word, word[1:]):
-                pairs[(a, b)] += n
-        if not pairs:
-            break
-        best = min(pairs.items(), key=lambda kv: (-kv[1], kv[0]))[0]
-        merges.append(best)
-        joined = best[0] + best[1]
-        new_words: dict = {}
-        for word, n in words.items():
-            out = []
-            i = 0
-            while i < len(word):
-                if i + 1 < len(word) and word[i] == best[0] and word[i + 1] == best[1]:
-                    out.append(joined)
-                    i += 2
-                else:
-                    out.append(word[i])
-                    i += 1
-            new_words[tuple(out)] = new_words.get(tuple(out), 0) + n
-        words = new_words
-    return merges
 
 
 def build_vocab() -> tuple[list[str], list[int], list[str]]:

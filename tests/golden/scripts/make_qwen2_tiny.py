@@ -102,12 +102,12 @@ def byte_alphabet() -> dict[int, str]:
     return table
 
 
-def train_bpe(text: str, n_merges: int) -> list[tuple[str, str]]:
-    """Plain BPE: count pre-tokenized chunks, repeatedly merge the most frequent adjacent pair.
+def train_bpe(text: str, n_merges: int, split: str = QWEN2_SPLIT) -> list[tuple[str, str]]:
+    """Plain BPE: count chunks pre-tokenized by `split`, repeatedly merge the most frequent adjacent pair.
 
     Ties go to the lexicographically smallest pair so the result is deterministic."""
     alphabet = byte_alphabet()
-    chunk_counts = collections.Counter(regex.findall(QWEN2_SPLIT, text))
+    chunk_counts = collections.Counter(regex.findall(split, text))
     words = {tuple(alphabet[b] for b in chunk.encode("utf-8")): n for chunk, n in chunk_counts.items()}
     merges: list[tuple[str, str]] = []
     for _ in range(n_merges):
