@@ -126,7 +126,8 @@ struct Buffers {
     capture: wgpu::Buffer,
     sums: wgpu::Buffer,
     out: wgpu::Buffer,
-    staging: wgpu::Buffer,
+    /// Two, so that step k+1 can be in flight while step k's record is read.
+    staging: [wgpu::Buffer; 2],
 }
 
 /// Steering uploaded for the kernel: the vectors and entries, and per steered residual index its uniform and
@@ -141,6 +142,13 @@ struct MonitorState {
     params: Uniform<project::Params>,
     bind: wgpu::BindGroup,
     _buffers: [wgpu::Buffer; 2],
+}
+
+/// A submitted decode step whose record is not read yet.
+struct Pending {
+    slot: usize,
+    bytes: u64,
+    submission: wgpu::SubmissionIndex,
 }
 
 /// What one decode step returns.
@@ -278,11 +286,13 @@ impl GpuModel {
             capture: storage_zeroed(&gpu, "capture", f((c.n_layers + 1) * d)),
             sums: storage_zeroed(&gpu, "sums", f((c.n_layers + 1) * d)),
             out: storage_zeroed(&gpu, "out", f(sample::OUT_WORDS as usize + options.max_traits * (c.n_layers + 1))),
-            staging: staging(
-                &gpu,
-                "out staging",
-                f(sample::OUT_WORDS as usize + options.max_traits * (c.n_layers + 1)),
-            ),
+            staging: [0, 1].map(|i| {
+                staging(
+                    &gpu,
+                    &format!("out staging {i}"),
+                    f(sample::OUT_WORDS as usize + options.max_traits * (c.n_layers + 1)),
+                )
+            }),
         };
         gpu_bytes += f(b * (2 * d + 2 * qd + 2 * kvd + 2 * ff) + 2 * d + 2 * c.vocab_size + options.max_positions)
             + f(2 * (c.n_layers + 1) * d);
@@ -762,6 +772,12 @@ impl GpuModel {
     /// buffer), runs it through the model, and returns it with its projection scores. `step` seeds the sampler's
     /// counter-based random stream (use 0, 1, 2, ... within a reply).
     pub async fn step(&mut self, params: &SamplingParams, step: u32) -> Result<StepOut> {
+        let pending = self.submit_step(params, step)?;
+        self.finish_step(pending).await
+    }
+
+    /// Records and submits decode step `step` (see [`GpuModel::step`]) without waiting for it.
+    fn submit_step(&mut self, params: &SamplingParams, step: u32) -> Result<Pending> {
         self.check_room(1)?;
         let pos = self.pos;
         let mut sp = sample::Params::new(params, self.config.vocab_size as u32)?;
@@ -776,10 +792,17 @@ impl GpuModel {
         self.record_forward(&mut enc, 1, true, None)?;
         let words =
             sample::OUT_WORDS as usize + self.monitor.as_ref().map_or(0, |m| m.traits * (self.config.n_layers + 1));
-        enc.copy_buffer_to_buffer(&self.buffers.out, 0, &self.buffers.staging, 0, (words * 4) as u64);
-        self.gpu.queue.submit([enc.finish()]);
+        let slot = (step % 2) as usize;
+        enc.copy_buffer_to_buffer(&self.buffers.out, 0, &self.buffers.staging[slot], 0, (words * 4) as u64);
+        let submission = self.gpu.queue.submit([enc.finish()]);
         self.pos += 1;
-        let bytes = crate::kernel::read_staging(&self.gpu, &self.buffers.staging, (words * 4) as u64).await?;
+        Ok(Pending { slot, bytes: (words * 4) as u64, submission })
+    }
+
+    /// Waits for a submitted step and decodes its record.
+    async fn finish_step(&self, p: Pending) -> Result<StepOut> {
+        let staging = &self.buffers.staging[p.slot];
+        let bytes = crate::kernel::read_staging_after(&self.gpu, staging, p.bytes, Some(p.submission)).await?;
         self.gpu.health()?;
         let w: Vec<u32> = bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
         let record = sample::Record::from_words(&w)
@@ -861,14 +884,19 @@ impl GpuModel {
         let tokenizer = self.tokenizer.clone();
         let mut stream = tokenizer.stream();
         let (mut ids, mut text, mut scores) = (Vec::new(), String::new(), Vec::new());
+        // Step k+1 is submitted before step k's token is read back, so the GPU never waits for the CPU. When step
+        // k turns out to end the reply, step k+1 was wasted work on a sequence that is reset before reuse.
+        let can_submit = |model: &Self, count: usize| count < max_tokens && model.pos < model.options.max_positions;
+        let mut pending = if can_submit(self, 0) { Some(self.submit_step(params, 0)?) } else { None };
         let stop = loop {
-            if ids.len() >= max_tokens {
-                break StopReason::MaxTokens;
+            let Some(current) = pending.take() else {
+                break if ids.len() >= max_tokens { StopReason::MaxTokens } else { StopReason::ContextFull };
+            };
+            let next = ids.len() + 1;
+            if can_submit(self, next) {
+                pending = Some(self.submit_step(params, next as u32)?);
             }
-            if self.pos >= self.options.max_positions {
-                break StopReason::ContextFull;
-            }
-            let out = self.step(params, ids.len() as u32).await?;
+            let out = self.finish_step(current).await?;
             if stop_ids.contains(&out.token) {
                 break StopReason::EndOfTurn;
             }

@@ -141,6 +141,17 @@ pub fn staging(gpu: &Gpu, label: &str, size: u64) -> wgpu::Buffer {
 /// Maps `staging` (already filled by a submitted copy) and returns its first `len` bytes. Natively it blocks on
 /// the device; in the browser it awaits the map callback.
 pub async fn read_staging(gpu: &Gpu, staging: &wgpu::Buffer, len: u64) -> Result<Vec<u8>> {
+    read_staging_after(gpu, staging, len, None).await
+}
+
+/// [`read_staging`] that, natively, waits only for `submission` (so later submissions keep the GPU busy while
+/// the CPU reads this one); `None` waits for everything submitted.
+pub async fn read_staging_after(
+    gpu: &Gpu,
+    staging: &wgpu::Buffer,
+    len: u64,
+    submission: Option<wgpu::SubmissionIndex>,
+) -> Result<Vec<u8>> {
     let slot = std::sync::Arc::new(std::sync::Mutex::new(None));
     let (tx, rx) = oneshot();
     let slice = staging.slice(..len.div_ceil(4) * 4);
@@ -153,10 +164,10 @@ pub async fn read_staging(gpu: &Gpu, staging: &wgpu::Buffer, len: u64) -> Result
     });
     #[cfg(not(target_arch = "wasm32"))]
     gpu.device
-        .poll(wgpu::PollType::wait_indefinitely())
+        .poll(wgpu::PollType::Wait { submission_index: submission, timeout: None })
         .map_err(|e| GpuError::Readback { what: "poll".into(), msg: e.to_string() })?;
     #[cfg(target_arch = "wasm32")]
-    let _ = gpu;
+    let _ = (gpu, submission);
     rx.await;
     let result = slot.lock().ok().and_then(|mut g| g.take());
     match result {

@@ -207,3 +207,49 @@ fn device_errors_are_reported_not_panics() {
     let err = own.health().expect_err("the invalid copy must be reported");
     assert!(err.to_string().contains("GPU"), "{err}");
 }
+
+#[test]
+fn pipelined_generate_equals_step_by_step() {
+    // `generate` submits step k+1 before reading step k; the tokens must be those of plain `step` calls, and the
+    // stop reasons right.
+    for (path, max) in [(default_model(), 12usize), (golden_path("qwen2_tiny.gguf"), 5)] {
+        let cpu = Model::load(&path).expect("cpu");
+        let mut g = load_gpu(&path);
+        let ids = prompt(&cpu);
+        let out = pollster::block_on(
+            g.generate(&ids, max, &SamplingParams::greedy(), &mut |_, _, _| personascope_model::Flow::Continue),
+        )
+        .expect("generate");
+        g.reset();
+        pollster::block_on(g.prefill(&ids)).expect("prefill");
+        let mut want = Vec::new();
+        let stop_ids = cpu.tokenizer.stop_ids().to_vec();
+        for step in 0..max {
+            let t = pollster::block_on(g.step(&SamplingParams::greedy(), step as u32)).expect("step").token;
+            if stop_ids.contains(&t) {
+                break;
+            }
+            want.push(t);
+        }
+        assert_eq!(out.ids, want, "{}", path.display());
+        let expected_stop = if want.len() < max {
+            personascope_model::StopReason::EndOfTurn
+        } else {
+            personascope_model::StopReason::MaxTokens
+        };
+        assert_eq!(out.stop, expected_stop, "{}", path.display());
+        // Cancelling after two tokens keeps exactly two.
+        let mut seen = 0;
+        let cut = pollster::block_on(g.generate(&ids, max, &SamplingParams::greedy(), &mut |_, _, _| {
+            seen += 1;
+            if seen == 2 {
+                personascope_model::Flow::Stop
+            } else {
+                personascope_model::Flow::Continue
+            }
+        }))
+        .expect("cancelled generate");
+        assert_eq!(cut.ids, want[..2.min(want.len())], "cancel");
+        assert_eq!(cut.stop, personascope_model::StopReason::Cancelled);
+    }
+}
