@@ -1,6 +1,6 @@
 //! `personascope bench`: load time, prefill and decode speed, and the cost of monitoring and steering.
 
-use personascope_model::{argmax, Logits, Model, NoHook, Projection, ResidualHook, Steer, Steering};
+use personascope_model::{argmax, Logits, Model, NoHook, Projection, ResidualHook, Steer, Steering, Tokenizer};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::Instant;
@@ -12,13 +12,13 @@ pub const DECODE_TOKENS: usize = 128;
 pub const MONITOR_TRAITS: usize = 7;
 
 /// A prompt of exactly `n` tokens from a fixed English text (repeated as needed).
-pub fn bench_prompt(model: &Model, n: usize) -> Result<Vec<u32>, String> {
+pub fn bench_prompt(tokenizer: &Tokenizer, n: usize) -> Result<Vec<u32>, String> {
     let text = "The lighthouse keeper climbed the spiral stairs every evening, counting the steps as the sea \
         rolled against the rocks below. Ships passed in the dark, guided by the steady beam, and nobody on board \
         ever knew his name. ";
     let mut ids = Vec::new();
     while ids.len() < n {
-        ids.extend(model.tokenizer.encode(text).map_err(|e| e.to_string())?);
+        ids.extend(tokenizer.encode(text).map_err(|e| e.to_string())?);
     }
     ids.truncate(n);
     Ok(ids)
@@ -61,7 +61,7 @@ pub fn bench_cpu(path: &Path, runs: usize) -> Result<Value, String> {
     let model = Model::load(path).map_err(|e| e.to_string())?;
     let load_s = t0.elapsed().as_secs_f64();
     let c = &model.config;
-    let prompt = bench_prompt(&model, PROMPT_TOKENS)?;
+    let prompt = bench_prompt(&model.tokenizer, PROMPT_TOKENS)?;
 
     let prefill = best(runs, || {
         let mut cache = model.new_cache();
@@ -156,27 +156,24 @@ pub fn bench_gpu(path: &Path, runs: usize, profile: bool) -> Result<Value, Strin
     let bytes = std::fs::read(path).map_err(|err| format!("{}: {err}", path.display()))?;
     let opts = EngineOptions { max_positions: PROMPT_TOKENS + DECODE_TOKENS + 8, ..Default::default() };
     let mut g = pollster::block_on(GpuModel::load(gpu, &bytes, opts)).map_err(e)?;
+    drop(bytes);
     // Loading ends when the first forward has run (pipelines and uploads are then certainly done).
     pollster::block_on(g.prefill(&[0])).map_err(e)?;
     pollster::block_on(g.read_logits()).map_err(e)?;
     let load_s = t0.elapsed().as_secs_f64();
     let c = g.config.clone();
 
-    let cpu_prompt = {
-        let m = personascope_model::Model::from_bytes(bytes.clone()).map_err(|err| err.to_string())?;
-        bench_prompt(&m, PROMPT_TOKENS)?
-    };
-    drop(bytes);
+    let prompt = bench_prompt(&g.tokenizer, PROMPT_TOKENS)?;
     let prefill = best(runs, || {
         g.reset();
         let start = Instant::now();
-        pollster::block_on(g.prefill(&cpu_prompt)).map_err(e)?;
+        pollster::block_on(g.prefill(&prompt)).map_err(e)?;
         pollster::block_on(g.read_logits()).map_err(e)?;
         Ok(PROMPT_TOKENS as f64 / start.elapsed().as_secs_f64())
     })?;
     let decode_run = |g: &mut GpuModel| -> Result<f64, String> {
         g.reset();
-        pollster::block_on(g.prefill(&cpu_prompt)).map_err(e)?;
+        pollster::block_on(g.prefill(&prompt)).map_err(e)?;
         pollster::block_on(g.read_logits()).map_err(e)?;
         let start = Instant::now();
         for step in 0..DECODE_TOKENS {
@@ -201,7 +198,7 @@ pub fn bench_gpu(path: &Path, runs: usize, profile: bool) -> Result<Value, Strin
     g.set_steering(&steer).map_err(e)?;
     let steered = best(runs, || decode_run(&mut g))?;
     let profile = if profile {
-        let (decode_ms, prefill_ms) = pollster::block_on(g.profile(&cpu_prompt)).map_err(e)?;
+        let (decode_ms, prefill_ms) = pollster::block_on(g.profile(&prompt)).map_err(e)?;
         let table = |rows: Vec<(String, f64)>| {
             let total: f64 = rows.iter().map(|(_, ms)| ms).sum();
             json!({ "total_ms": total, "kernels_ms": rows.into_iter().map(|(k, ms)| json!([k, ms])).collect::<Vec<_>>() })
