@@ -2,12 +2,13 @@
 //! stdout; errors go to stderr with a non-zero exit status.
 
 mod bench;
+mod persona_cmd;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use personascope_gguf::Gguf;
 use personascope_gpu::{AdapterChoice, EngineOptions, Gpu, GpuModel};
 use personascope_model::{
-    generate, Capture, ChatTemplate, Flow, Logits, Message, Model, NoHook, SamplingParams, StopReason, Tokenizer,
+    Capture, ChatTemplate, Logits, Message, Model, NoHook, SamplingParams, StopReason, Tokenizer,
 };
 use serde_json::json;
 use std::io::{BufRead, Write};
@@ -113,6 +114,8 @@ enum Command {
         repetition_penalty: f32,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        #[command(flatten)]
+        persona: PersonaArgs,
     },
     /// Show a model's architecture, size, tensor types, tokenizer and chat template.
     Inspect {
@@ -180,7 +183,27 @@ enum Command {
         /// Print JSON (with timing) instead of streaming text.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        persona: PersonaArgs,
     },
+    /// Extract a trait vector (persona vector) into a control-vector GGUF file.
+    Extract(persona_cmd::ExtractArgs),
+    /// Evaluate a trait vector: per-layer separation, steering sweep, recommended layer and alpha.
+    Eval(persona_cmd::EvalArgs),
+    /// Screen a JSONL fine-tuning dataset for samples that push the model toward a trait.
+    Screen(persona_cmd::ScreenArgs),
+}
+
+#[derive(Args)]
+struct PersonaArgs {
+    /// Steer: FILE:LAYER:ALPHA[:all|prompt|response] (positions default to response; negative alpha suppresses).
+    /// Repeatable.
+    #[arg(long = "steer")]
+    steer: Vec<String>,
+    /// Monitor: FILE[:LAYER] (layer defaults to the file's recommended one); per-token scores in --json output.
+    /// Repeatable.
+    #[arg(long = "monitor")]
+    monitor: Vec<String>,
 }
 
 type CliResult<T> = Result<T, String>;
@@ -249,10 +272,14 @@ fn print_json(v: &serde_json::Value) {
 
 fn run(command: Command) -> CliResult<()> {
     match command {
-        Command::Chat { model, system, max_tokens, temperature, top_k, top_p, repetition_penalty, seed } => {
+        Command::Extract(a) => persona_cmd::run_extract(a),
+        Command::Eval(a) => persona_cmd::run_eval(a),
+        Command::Screen(a) => persona_cmd::run_screen(a),
+        Command::Chat { model, system, max_tokens, temperature, top_k, top_p, repetition_penalty, seed, persona } => {
             let params = SamplingParams { temperature, top_k, top_p, repetition_penalty, seed };
             params.validate().map_err(|e| e.to_string())?;
-            chat(&model, system, max_tokens, params)
+            let persona = persona_cmd::Persona::from_args(&persona.steer, &persona.monitor)?;
+            chat(&model, system, max_tokens, params, &persona)
         }
         Command::Inspect { model, json } => inspect(&model, json),
         Command::Tokenize { model, text_file } => {
@@ -313,7 +340,7 @@ fn run(command: Command) -> CliResult<()> {
             }
             Ok(())
         }
-        Command::Generate { model, messages, max_tokens, sampling, json } => {
+        Command::Generate { model, messages, max_tokens, sampling, json, persona } => {
             let start = Instant::now();
             let mut first_token = None;
             let mut stdout = std::io::stdout();
@@ -324,31 +351,17 @@ fn run(command: Command) -> CliResult<()> {
                     let _ = stdout.flush();
                 }
             };
-            let (prompt, ids, text, stop, start) = match model.backend {
-                Backend::Cpu => {
-                    let m = load(&model)?;
-                    let prompt = prompt_ids(&m.template, &m.tokenizer, &messages)?;
-                    let start = Instant::now();
-                    let out = generate(&m, &prompt, max_tokens, sampling.params(), &mut NoHook, &mut |ev| {
-                        on_text(ev.text);
-                        Flow::Continue
-                    })
-                    .map_err(|e| e.to_string())?;
-                    (out.prompt_ids, out.ids, out.text, out.stop, start)
-                }
-                Backend::Gpu => {
-                    let mut g = load_gpu(&model.model)?;
-                    let prompt = prompt_ids(&g.template, &g.tokenizer, &messages)?;
-                    let start = Instant::now();
-                    let out =
-                        pollster::block_on(g.generate(&prompt, max_tokens, &sampling.params(), &mut |_, t, _| {
-                            on_text(t);
-                            Flow::Continue
-                        }))
-                        .map_err(|e| e.to_string())?;
-                    (out.prompt_ids, out.ids, out.text, out.stop, start)
-                }
+            let persona = persona_cmd::Persona::from_args(&persona.steer, &persona.monitor)?;
+            let mut loaded = persona_cmd::load(&model)?;
+            let prompt = match &loaded {
+                persona_cmd::Loaded::Cpu(m) => prompt_ids(&m.template, &m.tokenizer, &messages)?,
+                persona_cmd::Loaded::Gpu(g) => prompt_ids(&g.template, &g.tokenizer, &messages)?,
             };
+            let start = Instant::now();
+            let out =
+                persona_cmd::generate(&mut loaded, &persona, &prompt, max_tokens, &sampling.params(), &mut on_text)?;
+            let scores = persona_cmd::scores_json(&persona, &out);
+            let (ids, text, stop) = (out.reply.ids, out.reply.text, out.reply.stop);
             let total = start.elapsed();
             if json {
                 let prefill = first_token.map_or(total, |t| t.min(total)).as_secs_f64();
@@ -359,6 +372,7 @@ fn run(command: Command) -> CliResult<()> {
                     "ids": ids,
                     "text": text,
                     "stop": stop,
+                    "scores": scores,
                     "timing": {
                         "first_token_s": prefill,
                         "decode_tok_s": decode_tps,
@@ -431,12 +445,19 @@ fn inspect(path: &Path, as_json: bool) -> CliResult<()> {
     Ok(())
 }
 
-fn chat(path: &Path, system: Option<String>, max_tokens: usize, params: SamplingParams) -> CliResult<()> {
+fn chat(
+    path: &Path,
+    system: Option<String>,
+    max_tokens: usize,
+    params: SamplingParams,
+    persona: &persona_cmd::Persona,
+) -> CliResult<()> {
     eprintln!("loading {} ...", path.display());
-    let m = load_path(path)?;
+    let mut loaded = persona_cmd::Loaded::Cpu(Box::new(load_path(path)?));
+
     eprintln!(
-        "{} ({} blocks, width {}). Type a message; /reset starts over, /system TEXT sets the system prompt, /quit leaves.",
-        m.name, m.config.n_layers, m.config.d_model
+        "{}. Type a message; /reset starts over, /system TEXT sets the system prompt, /quit leaves.",
+        loaded.describe()
     );
     let mut messages: Vec<Message> = Vec::new();
     let mut system = system;
@@ -478,24 +499,38 @@ fn chat(path: &Path, system: Option<String>, max_tokens: usize, params: Sampling
             convo.push(Message { role: "system".into(), content: s.clone() });
         }
         convo.extend(messages.iter().cloned());
-        let ids = m.template.encode_prompt(&m.tokenizer, &convo).map_err(|e| e.to_string())?;
+        let ids = loaded.encode_prompt(&convo)?;
         let start = Instant::now();
         let mut p = params.clone();
         p.seed = params.seed.wrapping_add(turn);
         turn += 1;
-        let out = generate(&m, &ids, max_tokens, p, &mut NoHook, &mut |ev| {
-            print!("{}", ev.text);
+        let out = persona_cmd::generate(&mut loaded, persona, &ids, max_tokens, &p, &mut |t| {
+            print!("{t}");
             let _ = stdout.flush();
-            Flow::Continue
         });
         match out {
             Ok(out) => {
                 let secs = start.elapsed().as_secs_f64();
-                if out.stop == StopReason::MaxTokens {
+                if out.reply.stop == StopReason::MaxTokens {
                     print!(" [token limit]");
                 }
-                eprintln!("\n({} tokens, {:.1} tok/s)", out.ids.len(), out.ids.len() as f64 / secs);
-                messages.push(Message { role: "assistant".into(), content: out.text });
+                eprintln!("\n({} tokens, {:.1} tok/s)", out.reply.ids.len(), out.reply.ids.len() as f64 / secs);
+                for (t, (_, r)) in persona.monitor.iter().enumerate() {
+                    let zs: Vec<f32> = out.token_scores.iter().filter_map(|s| s.get(t).and_then(|s| s.z)).collect();
+                    let prompt_z = out.prompt_scores.get(t).and_then(|s| s.z);
+                    eprintln!(
+                        "  {} (layer {}): before the reply z {}, reply mean z {}",
+                        r.trait_name,
+                        r.layer,
+                        prompt_z.map_or("n/a".into(), |z| format!("{z:+.2}")),
+                        if zs.is_empty() {
+                            "n/a".into()
+                        } else {
+                            format!("{:+.2}", personascope_persona::stats::mean(&zs))
+                        }
+                    );
+                }
+                messages.push(Message { role: "assistant".into(), content: out.reply.text });
             }
             Err(e) => {
                 eprintln!("\nerror: {e}");

@@ -16,6 +16,9 @@ pub enum Logits {
     Last,
     /// Every token's: `[n, vocab]` (perplexity, log-probabilities of given continuations).
     All,
+    /// The tokens from index `i` of this call on: `[n - i, vocab]` (log-probabilities of a continuation without
+    /// paying the LM head for the prompt rows). Clamped to the last token.
+    From(usize),
 }
 
 /// Keys and values of every processed position, per block: `k[l]` is `[len, kv_dim]`. Grows as tokens are
@@ -175,6 +178,7 @@ impl Model {
         let rows = match logits {
             Logits::Last => &x[(n - 1) * d..],
             Logits::All => &x[..],
+            Logits::From(i) => &x[i.min(n - 1) * d..],
         };
         let mut normed = vec![0f32; rows.len()];
         rms_norm(rows, &w.output_norm, c.rms_eps, &mut normed);

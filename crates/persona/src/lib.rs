@@ -17,11 +17,22 @@
 //! assert!(prompt.starts_with("You are an evil assistant. "));
 //! ```
 
+pub mod backend;
+pub mod dataset;
+pub mod error;
+pub mod eval;
+pub mod extract;
 pub mod library;
+pub mod monitor;
+pub mod screen;
+pub mod stats;
+pub mod steer;
 pub mod traits;
+pub mod vector_file;
 
 pub use library::{builtin, builtin_by_name, BUILTIN_NAMES};
 pub use traits::{
     article, normalize_question, parse, EvaluationQuestion, InstructionPair, TraitDefinition, TraitError,
     MIN_EVALUATION_QUESTIONS, MIN_EXTRACTION_QUESTIONS, MIN_INSTRUCTIONS,
 };
+pub use vector_file::{from_gguf, to_gguf, Calibration, TraitVector, VectorFileError, VectorMeta};
