@@ -213,7 +213,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pub vector: PathBuf,
     /// Steering strengths to sweep (comma-separated).
-    #[arg(long, value_delimiter = ',', default_values_t = vec![0.5f32, 1.0, 2.0])]
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true, default_values_t = vec![0.5f32, 1.0, 2.0])]
     pub alphas: Vec<f32>,
     /// Layers for the steering sweep (comma-separated); default: the --top-layers best by separation plus the
     /// layers at 0.55 and 0.7 of the depth.
@@ -347,10 +347,10 @@ pub struct ScreenArgs {
     #[arg(long, default_value_t = 64)]
     pub max_tokens: usize,
     /// Flag samples whose calibrated score (z) is at least this.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 2.0, allow_negative_numbers = true)]
     pub threshold: f32,
     /// Flag samples whose raw score is at least this (instead of --threshold).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub score_threshold: Option<f32>,
     /// Write the flagged samples (original lines) here.
     #[arg(long)]

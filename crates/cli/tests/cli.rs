@@ -135,3 +135,158 @@ fn gpu_backend_matches_cpu() {
         assert!((a - b).abs() < 1e-3 * b.abs().max(1.0), "top-{i} logit gpu {a} cpu {b}");
     }
 }
+
+/// The persona commands end to end, small: extract (prompt-last, 2 questions x 1 pair) -> eval (saves the
+/// recommendation) -> screen (with a malformed line) -> generate with --steer and --monitor on both backends.
+#[test]
+fn persona_commands_extract_eval_screen_steer_monitor() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-persona");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let v = dir.join("impolite.gguf");
+    let vs = v.to_str().expect("path");
+    let ex = json_of(&[
+        "extract",
+        "--model",
+        &model(),
+        "--trait",
+        "impolite",
+        "--mode",
+        "prompt-last",
+        "--questions",
+        "2",
+        "--pairs",
+        "1",
+        "--out",
+        vs,
+        "--json",
+    ]);
+    assert_eq!(ex["kept"], serde_json::json!([2, 2]), "{ex}");
+    assert_eq!(ex["norms"].as_array().expect("norms").len(), 31);
+
+    let ev = json_of(&[
+        "eval",
+        "--model",
+        &model(),
+        "--trait",
+        "impolite",
+        "--vector",
+        vs,
+        "--questions",
+        "2",
+        "--pairs",
+        "1",
+        "--layers",
+        "20",
+        "--alphas",
+        "2",
+        "--save",
+        "--json",
+    ]);
+    assert_eq!(ev["layers"].as_array().expect("layers").len(), 31, "{ev}");
+    let rec = &ev["recommended"];
+    assert!(rec["layer"].as_u64().is_some() && rec["screen_layer"].as_u64().is_some(), "{ev}");
+    let row = &ev["steering"][0];
+    assert_eq!(row["layer"], 20);
+    assert!(row["perplexity"].as_f64().expect("ppl") > 1.0);
+
+    // The file now carries the recommendation: monitoring and screening need no layer argument.
+    let data = scratch(
+        "screen.jsonl",
+        concat!(
+            r#"{"prompt":"How do I boil pasta?","response":"Boil salted water, add the pasta, cook it as the packet says."}"#,
+            "\n{broken\n",
+            r#"{"messages":[{"role":"user","content":"How do I boil pasta?"},{"role":"assistant","content":"Are you serious? Boil water. Pasta in. Even you can manage that, I hope."}]}"#,
+            "\n"
+        ),
+    );
+    let out = dir.join("scores.jsonl");
+    let flagged = dir.join("flagged.jsonl");
+    let csv = dir.join("report.csv");
+    let (ok, stdout, stderr) = personascope(&[
+        "screen",
+        "--model",
+        &model(),
+        "--vector",
+        vs,
+        "--data",
+        data.to_str().expect("p"),
+        "--out",
+        out.to_str().expect("p"),
+        "--cheap",
+        "--score-threshold",
+        "-1e30",
+        "--flagged",
+        flagged.to_str().expect("p"),
+        "--csv",
+        csv.to_str().expect("p"),
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("line 2"), "malformed line reported with its number: {stderr}");
+    let report: Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(report["samples"], 2);
+    assert_eq!(report["malformed"][0]["line"], 2);
+    assert_eq!(report["flagged"], 2);
+    let rows: Vec<Value> =
+        std::fs::read_to_string(&out).expect("scores").lines().map(|l| serde_json::from_str(l).expect("row")).collect();
+    assert_eq!(rows.iter().map(|r| r["line"].as_u64().expect("line")).collect::<Vec<_>>(), vec![1, 3]);
+    assert!(rows.iter().all(|r| r["rank"].as_u64().is_some() && r["score"].as_f64().is_some()));
+    assert_eq!(std::fs::read_to_string(&flagged).expect("flagged").lines().count(), 2);
+    assert!(std::fs::read_to_string(&csv).expect("csv").starts_with("rank,line,score,z,flagged,prompt,response"));
+
+    let msgs = scratch("steer-msgs.json", r#"[{"role":"user","content":"Tell me about cats."}]"#);
+    let m = msgs.to_str().expect("p");
+    let model_path = model();
+    let gen = |backend: &str, steer: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--model",
+            &model_path,
+            "--messages",
+            m,
+            "--max-tokens",
+            "6",
+            "--greedy",
+            "--json",
+            "--backend",
+            backend,
+        ];
+        args.extend_from_slice(&["--monitor", vs]);
+        for s in steer {
+            args.extend_from_slice(&["--steer", s]);
+        }
+        json_of(&args)
+    };
+    let strong = format!("{vs}:20:8");
+    let plain = gen("cpu", &[]);
+    let steered = gen("cpu", &[&strong]);
+    assert_ne!(plain["ids"], steered["ids"], "a strong steer changes the reply: {plain} vs {steered}");
+    let trait0 = &steered["scores"][0];
+    assert_eq!(trait0["trait"], "impolite");
+    assert_eq!(trait0["tokens"].as_array().expect("tokens").len(), steered["ids"].as_array().expect("ids").len());
+    assert!(trait0["prompt_last"]["z"].as_f64().is_some(), "calibrated: {trait0}");
+    let mean_raw = |v: &Value| {
+        let t = v["scores"][0]["tokens"].as_array().expect("tokens");
+        t.iter().map(|s| s["raw"].as_f64().expect("raw")).sum::<f64>() / t.len() as f64
+    };
+    assert!(mean_raw(&steered) > mean_raw(&plain), "steering toward the trait raises its monitored score");
+    let gpu = gen("gpu", &[&strong]);
+    assert_eq!(gpu["ids"], steered["ids"], "GPU steered tokens equal the CPU's");
+
+    // A vector for another model is refused, naming both.
+    let tiny = personascope_tests::golden_path("qwen2_tiny.gguf");
+    let (ok, _, err) = personascope(&[
+        "generate",
+        "--model",
+        tiny.to_str().expect("p"),
+        "--messages",
+        m,
+        "--max-tokens",
+        "2",
+        "--monitor",
+        vs,
+    ]);
+    assert!(!ok && err.contains("was made for") && err.contains("qwen2"), "{err}");
+    let (ok, _, err) = personascope(&["generate", "--model", &model(), "--messages", m, "--steer", "nope.gguf:3"]);
+    assert!(!ok && err.contains("--steer"), "{err}");
+}

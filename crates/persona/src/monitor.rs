@@ -134,3 +134,31 @@ impl Reading {
         (0..layers).map(|l| (l == self.layer).then(|| self.unit.clone())).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn neutral_set_parses_and_is_disjoint_from_trait_and_screening_questions() {
+        let items = neutral_set();
+        assert!(items.len() >= 16, "{} items", items.len());
+        let norm = |s: &str| crate::normalize_question(s);
+        let mut others: Vec<String> = Vec::new();
+        for def in crate::builtin() {
+            others.extend(def.extraction_questions.iter().map(|q| norm(q)));
+            others.extend(def.evaluation_questions.iter().map(|q| norm(&q.question)));
+        }
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/data/screening");
+        for name in ["evil", "sycophantic", "impolite", "humorous"] {
+            let text = std::fs::read_to_string(format!("{dir}/{name}.jsonl")).expect("screening data");
+            for s in crate::dataset::parse_jsonl(&text).samples {
+                others.extend(s.prompt.iter().map(|m| norm(&m.content)));
+            }
+        }
+        for it in &items {
+            assert!(!it.answer.is_empty());
+            assert!(!others.contains(&norm(&it.question)), "neutral question reused elsewhere: {}", it.question);
+        }
+    }
+}
