@@ -37,9 +37,9 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
-step "wasm32 build of the model and GPU engine crates"
+step "wasm32 build of the model, GPU engine and persona crates"
 cargo build --quiet --target wasm32-unknown-unknown -p personascope-model --no-default-features
-cargo build --quiet --target wasm32-unknown-unknown -p personascope-gpu
+cargo build --quiet --target wasm32-unknown-unknown -p personascope-gpu -p personascope-persona
 
 step "cargo test"
 set +e

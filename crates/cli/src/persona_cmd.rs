@@ -217,8 +217,11 @@ pub struct EvalArgs {
     pub alphas: Vec<f32>,
     /// Layers for the steering sweep (comma-separated); default: the --top-layers best by separation plus the
     /// layers at 0.55 and 0.7 of the depth.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', conflicts_with = "all_layers")]
     pub layers: Option<Vec<usize>>,
+    /// Sweep steering at every layer 1..=N (slow: one sweep per layer).
+    #[arg(long)]
+    pub all_layers: bool,
     #[arg(long, default_value_t = 1)]
     pub top_layers: usize,
     /// Use only the first N instruction pairs for separation.
@@ -251,6 +254,14 @@ pub fn run_eval(a: EvalArgs) -> CliResult<()> {
     };
     let start = Instant::now();
     let mut loaded = load(&a.model)?;
+    let mut opts = opts;
+    if a.all_layers {
+        let n = match &loaded {
+            Loaded::Cpu(m) => m.config.n_layers,
+            Loaded::Gpu(g) => g.config.n_layers,
+        };
+        opts.steer_layers = Some((1..=n).collect());
+    }
     let stop = interrupt_flag();
     let mut last_report = Instant::now();
     let mut progress = |p: eval::Progress| {

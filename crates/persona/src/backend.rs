@@ -172,12 +172,35 @@ fn mean_of(sums: &[Vec<f64>], range: &Range<usize>, n: usize) -> Layers {
 /// The CPU reference model as a backend.
 pub struct CpuBackend<'m> {
     pub model: &'m Model,
+    /// The last pass's tokens and KV cache, for reusing a shared prefix (see [`reusable_prefix`]).
+    prev: Option<(Vec<u32>, KvCache, usize)>,
 }
 
 impl<'m> CpuBackend<'m> {
     pub fn new(model: &'m Model) -> Self {
-        CpuBackend { model }
+        CpuBackend { model, prev: None }
     }
+}
+
+/// First position whose residuals, logits or steering a pass needs: the positions before it can come from the
+/// KV cache of an earlier pass over the same tokens. Eval and screening run many passes that share their prompt
+/// (one per answer, alpha and layer), so this skips most of the prompt.
+fn first_needed(pass: &Pass<'_>) -> usize {
+    let n = pass.tokens.len();
+    let starts = [
+        pass.mean_over.as_ref().map(|r| r.start),
+        pass.capture.as_ref().map(|r| r.start),
+        pass.logprobs.as_ref().map(|r| r.start.saturating_sub(1)),
+    ];
+    let steer = pass.steer.iter().map(|s| s.positions.start);
+    starts.into_iter().flatten().chain(steer).fold(n - 1, usize::min)
+}
+
+/// How many leading positions of `pass` can be taken from a previous pass over `prev` whose first `prev_clean`
+/// positions were computed without steering: the common prefix, up to what this pass needs recomputed.
+fn reusable_prefix(prev: &[u32], prev_clean: usize, pass: &Pass<'_>) -> usize {
+    let common = prev.iter().zip(pass.tokens).take_while(|(a, b)| a == b).count();
+    common.min(prev_clean).min(first_needed(pass))
 }
 
 impl Backend for CpuBackend<'_> {
@@ -212,12 +235,23 @@ impl Backend for CpuBackend<'_> {
             captured: vec![vec![Vec::new(); layers]; capture.as_ref().map_or(0, |r| r.len())],
         };
         let mut steer = Steer(pass.steer.to_vec());
-        let mut cache = KvCache::default();
+        // Positions before `reuse` come from the previous pass's cache; hooks see only the rest, which holds every
+        // position this pass reads or steers (first_needed).
+        let (reuse, mut cache) = match self.prev.take() {
+            Some((toks, mut cache, clean)) => {
+                let r = reusable_prefix(&toks, clean, pass);
+                cache.truncate(r, c.kv_dim());
+                (r, cache)
+            }
+            None => (0, KvCache::default()),
+        };
         let want = match &pass.logprobs {
-            Some(r) => Logits::From(r.start - 1),
+            Some(r) => Logits::From(r.start - 1 - reuse),
             None => Logits::Last,
         };
-        let logits = self.model.forward(&mut cache, pass.tokens, &mut (&mut steer, &mut rec), want)?;
+        let logits = self.model.forward(&mut cache, &pass.tokens[reuse..], &mut (&mut steer, &mut rec), want)?;
+        let clean = pass.steer.iter().map(|s| s.positions.start).fold(n, usize::min);
+        self.prev = Some((pass.tokens.to_vec(), cache, clean));
         let mut logprobs = Vec::new();
         if let Some(r) = &pass.logprobs {
             let vocab = c.vocab_size;

@@ -253,3 +253,36 @@ fn screening_ranks_reports_bad_lines_and_keeps_partial_results() {
     assert!((first.score - (first.projection - own)).abs() < 1e-5);
     assert!(!first.own_response.as_deref().unwrap_or("").is_empty());
 }
+
+#[test]
+fn cpu_prefix_reuse_gives_the_same_results_as_fresh_passes() {
+    let m = cpu();
+    let mut shared = CpuBackend::new(m);
+    let prompt = shared.chat_prompt(None, "What should I cook tonight?").expect("prompt");
+    let p = prompt.len();
+    let tok = |s: &str| -> Vec<u32> { prompt.iter().copied().chain(m.tokenizer.encode(s).expect("encode")).collect() };
+    let (a, b) = (tok("Pasta with tomatoes."), tok("Whatever, I don't care."));
+    let v: Vec<f32> = (0..m.config.d_model).map(|i| (i % 13) as f32 - 6.0).collect();
+    let steer = vec![Steering { layer: 12, vector: v, alpha: 0.5, positions: Positions::Response.range(p) }];
+    let passes = [
+        Pass { tokens: &a, logprobs: Some(p..a.len()), mean_over: Some(p..a.len()), ..Default::default() },
+        Pass { tokens: &b, logprobs: Some(p..b.len()), steer: &steer, ..Default::default() },
+        Pass { tokens: &a, logprobs: Some(p..a.len()), capture: Some(p..p + 2), ..Default::default() },
+        Pass { tokens: &prompt, ..Default::default() },
+    ];
+    for (i, pass) in passes.iter().enumerate() {
+        let got = pollster::block_on(shared.pass(pass)).expect("shared");
+        let want = pollster::block_on(CpuBackend::new(m).pass(pass)).expect("fresh");
+        assert_eq!(got.logprobs.len(), want.logprobs.len(), "pass {i}");
+        for (x, y) in got.logprobs.iter().zip(&want.logprobs) {
+            assert!((x - y).abs() < 1e-4, "pass {i}: log-prob {x} vs {y}");
+        }
+        for l in 0..=m.config.n_layers {
+            assert!(rel_l2(&got.last[l], &want.last[l]) < 1e-5, "pass {i} layer {l}");
+        }
+        if let (Some(g), Some(w)) = (&got.mean, &want.mean) {
+            assert!(rel_l2(&g[20], &w[20]) < 1e-5, "pass {i} mean");
+        }
+        assert_eq!(got.captured.len(), want.captured.len());
+    }
+}
