@@ -1,107 +1,20 @@
-//! The GPU engine in the browser: a deliberately small wasm-bindgen API (load a GGUF model onto WebGPU, generate
-//! greedily). The target-independent core ([`Session`]) also builds natively, so the workspace checks it; the
-//! JavaScript bindings exist on wasm32 only.
+//! Personascope in the browser: the wasm-bindgen API the page's Web Worker calls. The target-independent core
+//! ([`session::Session`]) also builds natively, so the workspace tests it on lavapipe; the JavaScript bindings
+//! exist on wasm32 only and are a thin layer: JSON strings in and out (the shapes are documented in
+//! `web/personascope.d.ts`).
 //!
 //! Nothing reachable from JavaScript panics on purpose: every failure comes back as a `JsError` (a rejected
 //! promise) with a message saying what failed.
 
-use personascope_gpu::{AdapterChoice, EngineOptions, Gpu, GpuModel};
-use personascope_model::{Message, SamplingParams};
-use std::sync::{Arc, Mutex};
+pub mod session;
 
-/// KV-cache rows in the browser: enough for a chat turn, small enough for any WebGPU adapter.
-pub const MAX_POSITIONS: usize = 1024;
-
-/// A model loaded onto a GPU, independent of JavaScript.
-pub struct Session {
-    model: GpuModel,
-    /// GPU errors no error scope caught (wgpu's default handler would panic): reported by the next call.
-    errors: Arc<Mutex<Vec<String>>>,
-}
-
-impl Session {
-    /// Requests the adapter on `backends` (the browser's WebGPU on wasm32) and loads the GGUF file's bytes.
-    pub async fn load(bytes: &[u8], backends: personascope_gpu::wgpu::Backends) -> Result<Self, String> {
-        let gpu = Gpu::request(AdapterChoice::HighPerformance, backends).await.map_err(|e| format!("WebGPU: {e}"))?;
-        let errors = Arc::new(Mutex::new(Vec::new()));
-        let sink = errors.clone();
-        gpu.device.on_uncaptured_error(Arc::new(move |e| {
-            if let Ok(mut list) = sink.lock() {
-                list.push(e.to_string());
-            }
-        }));
-        let options = EngineOptions { max_positions: MAX_POSITIONS, ..EngineOptions::default() };
-        let model = GpuModel::load(gpu, bytes, options).await.map_err(|e| format!("loading the model: {e}"))?;
-        let session = Session { model, errors };
-        session.check("loading the model")?;
-        Ok(session)
-    }
-
-    /// Fails with the GPU errors reported since the last check, if any.
-    fn check(&self, what: &str) -> Result<(), String> {
-        let list = match self.errors.lock() {
-            Ok(mut list) => std::mem::take(&mut *list),
-            Err(_) => vec!["the GPU error log is poisoned".into()],
-        };
-        if list.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("GPU error while {what}: {}", list.join("; ")))
-        }
-    }
-
-    /// The adapter (browsers may hide its name) and the optional features in use, e.g.
-    /// "(name hidden) on BrowserWebGpu (Cpu) [f16: false, subgroups: false, timestamps: true]".
-    pub fn adapter(&self) -> String {
-        let gpu = &self.model.gpu;
-        let name = if gpu.adapter.name.is_empty() { "(name hidden)" } else { gpu.adapter.name.as_str() };
-        format!(
-            "{name} on {:?} ({:?}) [f16: {}, subgroups: {}, timestamps: {}]",
-            gpu.adapter.backend, gpu.adapter.device_type, gpu.caps.f16, gpu.caps.subgroups, gpu.caps.timestamps
-        )
-    }
-
-    /// The model's name from the GGUF metadata.
-    pub fn model_name(&self) -> &str {
-        &self.model.name
-    }
-
-    /// Renders `messages_json` (`[{"role": "user", "content": "..."}, ...]`) with the model's chat template and
-    /// returns the prompt ids.
-    pub fn encode(&self, messages_json: &str) -> Result<Vec<u32>, String> {
-        let messages: Vec<Message> = serde_json::from_str(messages_json)
-            .map_err(|e| format!("messages must be a JSON array of {{\"role\", \"content\"}} objects: {e}"))?;
-        if messages.is_empty() {
-            return Err("messages must not be empty".into());
-        }
-        self.model.template.encode_prompt(&self.model.tokenizer, &messages).map_err(|e| format!("chat template: {e}"))
-    }
-
-    /// Greedy reply ids (without the end-of-turn token) to `messages_json`, at most `max_tokens` of them.
-    pub async fn greedy(&mut self, messages_json: &str, max_tokens: usize) -> Result<Vec<u32>, String> {
-        let prompt = self.encode(messages_json)?;
-        let room = self.model.options.max_positions;
-        if prompt.len() >= room {
-            return Err(format!("the prompt has {} tokens; this engine holds {room} positions", prompt.len()));
-        }
-        let generation = self
-            .model
-            .generate(&prompt, max_tokens, &SamplingParams::greedy(), &mut |_, _, _| personascope_model::Flow::Continue)
-            .await
-            .map_err(|e| format!("generation: {e}"))?;
-        self.check("generating")?;
-        Ok(generation.ids)
-    }
-
-    /// Decodes ids to text.
-    pub fn decode(&self, ids: &[u32]) -> Result<String, String> {
-        self.model.tokenizer.decode(ids, true).map_err(|e| format!("decoding: {e}"))
-    }
-}
+pub use session::{Session, MAX_POSITIONS};
 
 #[cfg(target_arch = "wasm32")]
 mod bindings {
-    use super::Session;
+    use super::session::{self, Session};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
     use wasm_bindgen::prelude::*;
 
     fn js(msg: String) -> JsError {
@@ -116,7 +29,38 @@ mod bindings {
         }));
     }
 
-    /// A model on the browser's WebGPU device.
+    /// Calls a JS callback with a JSON string; a throwing callback does not stop the Rust side.
+    fn emit(f: &js_sys::Function, v: serde_json::Value) {
+        let _ = f.call1(&JsValue::NULL, &JsValue::from_str(&v.to_string()));
+    }
+
+    /// Stops the running chat, extraction, evaluation or screening of its engine. A separate object so it can be
+    /// used while the engine is busy (wasm-bindgen refuses a second call into an object that is borrowed).
+    #[wasm_bindgen]
+    pub struct AbortHandle {
+        flag: Arc<AtomicBool>,
+    }
+
+    #[wasm_bindgen]
+    impl AbortHandle {
+        pub fn abort(&self) {
+            self.flag.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// The built-in trait definitions (JSON array).
+    #[wasm_bindgen(js_name = builtinTraits)]
+    pub fn builtin_traits() -> String {
+        session::builtin_traits().to_string()
+    }
+
+    /// CSV text of `rows_json` (`[[field, ...], ...]`) under `header_json` (`[name, ...]`), formula-injection safe.
+    #[wasm_bindgen]
+    pub fn csv(header_json: String, rows_json: String) -> Result<String, JsError> {
+        Session::csv(&header_json, &rows_json).map_err(js)
+    }
+
+    /// A model on the browser's WebGPU device, with the page's trait vectors and settings.
     #[wasm_bindgen]
     pub struct Engine {
         session: Session,
@@ -131,15 +75,24 @@ mod bindings {
             Ok(Engine { session })
         }
 
+        #[wasm_bindgen(js_name = abortHandle)]
+        pub fn abort_handle(&self) -> AbortHandle {
+            AbortHandle { flag: self.session.abort_flag() }
+        }
+
         /// The adapter the model runs on and the optional features in use.
         pub fn adapter(&self) -> String {
             self.session.adapter()
         }
 
-        /// The model's name.
         #[wasm_bindgen(js_name = modelName)]
         pub fn model_name(&self) -> String {
             self.session.model_name().to_string()
+        }
+
+        /// Model and device facts (JSON).
+        pub fn info(&self) -> String {
+            self.session.info().to_string()
         }
 
         /// Prompt ids for `messages_json` (the chat template applied).
@@ -147,14 +100,104 @@ mod bindings {
             self.session.encode(&messages_json).map_err(js)
         }
 
-        /// Greedy reply ids to `messages_json` (a JSON array of `{role, content}`), at most `max_tokens`.
+        /// Greedy reply ids to `messages_json`, at most `max_tokens`, unsteered and unmonitored.
         pub async fn greedy(&mut self, messages_json: String, max_tokens: u32) -> Result<Vec<u32>, JsError> {
             self.session.greedy(&messages_json, max_tokens as usize).await.map_err(js)
         }
 
-        /// Text of `ids`.
         pub fn decode(&self, ids: Vec<u32>) -> Result<String, JsError> {
             self.session.decode(&ids).map_err(js)
+        }
+
+        /// A streamed reply (JSON) with the current steering and monitoring; `on_token` gets one JSON string per
+        /// token.
+        pub async fn chat(
+            &mut self,
+            messages_json: String,
+            options_json: String,
+            on_token: js_sys::Function,
+        ) -> Result<String, JsError> {
+            let out =
+                self.session.chat(&messages_json, &options_json, &mut |v| emit(&on_token, v)).await.map_err(js)?;
+            Ok(out.to_string())
+        }
+
+        #[wasm_bindgen(js_name = setSteering)]
+        pub fn set_steering(&mut self, json: String) -> Result<(), JsError> {
+            self.session.set_steering(&json).map_err(js)
+        }
+
+        #[wasm_bindgen(js_name = setMonitor)]
+        pub fn set_monitor(&mut self, json: String) -> Result<(), JsError> {
+            self.session.set_monitor(&json).map_err(js)
+        }
+
+        /// Imports a control-vector GGUF; returns its info (JSON, with its id).
+        #[wasm_bindgen(js_name = importVector)]
+        pub fn import_vector(&mut self, bytes: js_sys::Uint8Array, file_name: String) -> Result<String, JsError> {
+            Ok(self.session.import_vector(&bytes.to_vec(), &file_name).map_err(js)?.to_string())
+        }
+
+        #[wasm_bindgen(js_name = exportVector)]
+        pub fn export_vector(&self, id: u32) -> Result<Vec<u8>, JsError> {
+            self.session.export_vector(id as usize).map_err(js)
+        }
+
+        #[wasm_bindgen(js_name = removeVector)]
+        pub fn remove_vector(&mut self, id: u32) -> Result<(), JsError> {
+            self.session.remove_vector(id as usize).map_err(js)
+        }
+
+        /// Info of every loaded vector (JSON array).
+        pub fn vectors(&self) -> String {
+            self.session.vectors().to_string()
+        }
+
+        pub async fn extract(
+            &mut self,
+            trait_json: String,
+            options_json: String,
+            on_progress: js_sys::Function,
+        ) -> Result<String, JsError> {
+            let out =
+                self.session.extract(&trait_json, &options_json, &mut |v| emit(&on_progress, v)).await.map_err(js)?;
+            Ok(out.to_string())
+        }
+
+        pub async fn evaluate(
+            &mut self,
+            trait_json: String,
+            vector: u32,
+            options_json: String,
+            on_progress: js_sys::Function,
+        ) -> Result<String, JsError> {
+            let out = self
+                .session
+                .evaluate(&trait_json, vector as usize, &options_json, &mut |v| emit(&on_progress, v))
+                .await
+                .map_err(js)?;
+            Ok(out.to_string())
+        }
+
+        pub async fn screen(
+            &mut self,
+            vector: u32,
+            jsonl: String,
+            options_json: String,
+            on_progress: js_sys::Function,
+        ) -> Result<String, JsError> {
+            let out = self
+                .session
+                .screen(vector as usize, &jsonl, &options_json, &mut |v| emit(&on_progress, v))
+                .await
+                .map_err(js)?;
+            Ok(out.to_string())
+        }
+
+        /// The original lines of the last screened dataset with the given line numbers (JSON array), as JSONL.
+        #[wasm_bindgen(js_name = exportSamples)]
+        pub fn export_samples(&self, lines_json: String) -> Result<String, JsError> {
+            self.session.export_samples(&lines_json).map_err(js)
         }
     }
 }

@@ -1,0 +1,652 @@
+//! The browser-facing session, independent of JavaScript: a model on the GPU plus the persona state of the page
+//! (loaded trait vectors, steering and monitoring settings, the last screened dataset). Every method takes and
+//! returns JSON (`serde_json::Value`) so the wasm bindings stay a thin layer and the shapes are documented once,
+//! in `web/personascope.d.ts`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use personascope_gpu::{AdapterChoice, EngineOptions, Gpu, GpuModel};
+use personascope_model::{Flow, Message, SamplingParams, Steering};
+use personascope_persona::backend::{Backend, GpuBackend, Pass};
+use personascope_persona::monitor::{self, Reading};
+use personascope_persona::steer::{self, Positions};
+use personascope_persona::vector_file::{self, TraitVector};
+use personascope_persona::{dataset, eval, extract, screen, stats, TraitDefinition};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// KV-cache rows in the browser: enough for a chat, small enough for any WebGPU adapter.
+pub const MAX_POSITIONS: usize = 1024;
+
+pub type Result<T> = std::result::Result<T, String>;
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+fn parse<T: serde::de::DeserializeOwned>(what: &str, json: &str) -> Result<T> {
+    serde_json::from_str(json).map_err(|e| format!("{what}: {e}"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChatOptions {
+    #[serde(default = "default_max_tokens")]
+    max_tokens: usize,
+    #[serde(default)]
+    temperature: f32,
+    #[serde(default)]
+    top_k: usize,
+    #[serde(default = "one")]
+    top_p: f32,
+    #[serde(default = "one")]
+    repetition_penalty: f32,
+    #[serde(default)]
+    seed: u64,
+    /// Ignore the session's steering for this reply (the "unsteered" side of a comparison).
+    #[serde(default)]
+    unsteered: bool,
+}
+
+fn default_max_tokens() -> usize {
+    256
+}
+fn one() -> f32 {
+    1.0
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SteerEntry {
+    vector: usize,
+    layer: usize,
+    alpha: f32,
+    #[serde(default = "response")]
+    positions: String,
+}
+
+fn response() -> String {
+    "response".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MonitorEntry {
+    vector: usize,
+    layer: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ExtractOptionsJs {
+    mode: Option<String>,
+    rollouts: Option<usize>,
+    max_tokens: Option<usize>,
+    pairs: Option<usize>,
+    questions: Option<usize>,
+    seed: Option<u64>,
+    temperature: Option<f32>,
+    /// Neutral items used for calibration (default: all 16); fewer is faster and coarser.
+    calibration_items: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct EvalOptionsJs {
+    alphas: Option<Vec<f32>>,
+    layers: Option<Vec<usize>>,
+    pairs: Option<usize>,
+    questions: Option<usize>,
+    /// Neutral items for the perplexity cost (default: all 16).
+    neutral_items: Option<usize>,
+}
+
+/// The first `n` items of the neutral set (all when None); at least one.
+fn neutral(n: Option<usize>) -> Vec<monitor::NeutralItem> {
+    let all = monitor::neutral_set();
+    let n = n.unwrap_or(all.len()).clamp(1, all.len().max(1));
+    all.into_iter().take(n).collect()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ScreenOptionsJs {
+    layer: Option<usize>,
+    cheap: Option<bool>,
+    max_tokens: Option<usize>,
+}
+
+/// A model on a GPU with the page's persona state.
+pub struct Session {
+    model: GpuModel,
+    /// GPU errors no error scope caught (wgpu's default handler would panic): reported by the next call.
+    errors: Arc<Mutex<Vec<String>>>,
+    /// Set by the page's Stop / Cancel; every long call clears it when it starts and polls it as it goes.
+    abort: Arc<AtomicBool>,
+    vectors: Vec<Option<TraitVector>>,
+    steering: Vec<(usize, usize, f32, Positions)>,
+    /// (vector id, reading).
+    monitor: Vec<(usize, Reading)>,
+    screened: Option<dataset::Parsed>,
+}
+
+impl Session {
+    /// Requests the adapter on `backends` (the browser's WebGPU on wasm32) and loads the GGUF file's bytes.
+    pub async fn load(bytes: &[u8], backends: personascope_gpu::wgpu::Backends) -> Result<Self> {
+        let gpu = Gpu::request(AdapterChoice::HighPerformance, backends).await.map_err(|e| format!("WebGPU: {e}"))?;
+        Self::on_gpu(gpu, bytes).await
+    }
+
+    /// Loads onto a GPU someone else opened (tests bring lavapipe).
+    pub async fn on_gpu(gpu: Gpu, bytes: &[u8]) -> Result<Self> {
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let sink = errors.clone();
+        gpu.device.on_uncaptured_error(Arc::new(move |e| {
+            if let Ok(mut list) = sink.lock() {
+                list.push(e.to_string());
+            }
+        }));
+        let options = EngineOptions { max_positions: MAX_POSITIONS, ..EngineOptions::default() };
+        let model = GpuModel::load(gpu, bytes, options).await.map_err(|e| format!("loading the model: {e}"))?;
+        let session = Session {
+            model,
+            errors,
+            abort: Arc::new(AtomicBool::new(false)),
+            vectors: Vec::new(),
+            steering: Vec::new(),
+            monitor: Vec::new(),
+            screened: None,
+        };
+        session.check("loading the model")?;
+        Ok(session)
+    }
+
+    /// The flag a page's Stop button sets (shared, so it can be set while a call is running).
+    pub fn abort_flag(&self) -> Arc<AtomicBool> {
+        self.abort.clone()
+    }
+
+    fn start_long_call(&self) {
+        self.abort.store(false, Ordering::SeqCst);
+    }
+
+    fn aborted(&self) -> bool {
+        self.abort.load(Ordering::SeqCst)
+    }
+
+    /// Fails with the GPU errors reported since the last check, if any.
+    fn check(&self, what: &str) -> Result<()> {
+        let list = match self.errors.lock() {
+            Ok(mut list) => std::mem::take(&mut *list),
+            Err(_) => vec!["the GPU error log is poisoned".into()],
+        };
+        if list.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("GPU error while {what}: {}", list.join("; ")))
+        }
+    }
+
+    /// The adapter (browsers may hide its name) and the optional features in use.
+    pub fn adapter(&self) -> String {
+        let gpu = &self.model.gpu;
+        let name = if gpu.adapter.name.is_empty() { "(name hidden)" } else { gpu.adapter.name.as_str() };
+        format!(
+            "{name} on {:?} ({:?}) [f16: {}, subgroups: {}, timestamps: {}]",
+            gpu.adapter.backend, gpu.adapter.device_type, gpu.caps.f16, gpu.caps.subgroups, gpu.caps.timestamps
+        )
+    }
+
+    pub fn model_name(&self) -> &str {
+        &self.model.name
+    }
+
+    /// Model and device facts for the page.
+    pub fn info(&self) -> Value {
+        let c = &self.model.config;
+        let gpu = &self.model.gpu;
+        json!({
+            "model": self.model.name,
+            "architecture": c.arch.name(),
+            "layers": c.n_layers,
+            "width": c.d_model,
+            "vocab": c.vocab_size,
+            "max_positions": self.model.options.max_positions,
+            "gpu_bytes": self.model.gpu_bytes,
+            "adapter": self.adapter(),
+            "features": { "f16": gpu.caps.f16, "subgroups": gpu.caps.subgroups, "timestamps": gpu.caps.timestamps },
+        })
+    }
+
+    fn messages(messages_json: &str) -> Result<Vec<Message>> {
+        let messages: Vec<Message> = serde_json::from_str(messages_json)
+            .map_err(|e| format!("messages must be a JSON array of {{\"role\", \"content\"}} objects: {e}"))?;
+        if messages.is_empty() {
+            return Err("messages must not be empty".into());
+        }
+        Ok(messages)
+    }
+
+    /// Prompt ids of `messages_json` (`[{"role", "content"}, ...]`) with the chat template applied.
+    pub fn encode(&self, messages_json: &str) -> Result<Vec<u32>> {
+        let messages = Self::messages(messages_json)?;
+        self.model.template.encode_prompt(&self.model.tokenizer, &messages).map_err(|e| format!("chat template: {e}"))
+    }
+
+    /// Greedy reply ids (without the end-of-turn token), at most `max_tokens`, with no steering or monitoring.
+    pub async fn greedy(&mut self, messages_json: &str, max_tokens: usize) -> Result<Vec<u32>> {
+        let prompt = self.encode(messages_json)?;
+        self.check_prompt(&prompt)?;
+        let g = self
+            .model
+            .generate(&prompt, max_tokens, &SamplingParams::greedy(), &mut |_, _, _| Flow::Continue)
+            .await
+            .map_err(|e| format!("generation: {e}"))?;
+        self.check("generating")?;
+        Ok(g.ids)
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.model.tokenizer.decode(ids, true).map_err(|e| format!("decoding: {e}"))
+    }
+
+    fn check_prompt(&self, prompt: &[u32]) -> Result<()> {
+        let room = self.model.options.max_positions;
+        if prompt.len() >= room {
+            return Err(format!("the conversation has {} tokens; this engine holds {room}", prompt.len()));
+        }
+        Ok(())
+    }
+
+    fn vector(&self, id: usize) -> Result<&TraitVector> {
+        self.vectors.get(id).and_then(Option::as_ref).ok_or_else(|| format!("no trait vector with id {id}"))
+    }
+
+    fn steering_for(&self, prompt_len: usize) -> Result<Vec<Steering>> {
+        self.steering
+            .iter()
+            .map(|&(id, layer, alpha, pos)| {
+                steer::steering(self.vector(id)?, layer, alpha, pos, prompt_len).map_err(err)
+            })
+            .collect()
+    }
+
+    fn scores_json(&self, per_trait_layer: &[Vec<f32>]) -> Value {
+        json!(self
+            .monitor
+            .iter()
+            .map(|(_, r)| r)
+            .enumerate()
+            .map(|(t, r)| {
+                let raw = per_trait_layer.get(t).and_then(|l| l.get(r.layer)).copied().unwrap_or(f32::NAN);
+                score_json(r, raw)
+            })
+            .collect::<Vec<_>>())
+    }
+
+    /// A streamed reply to `messages_json` with the session's steering and monitoring. `on_token` gets
+    /// `{id, text, index, scores: [{trait, layer, raw, z, percentile}]}` per token; abort stops it (the reply so far
+    /// is returned with stop = "cancelled").
+    pub async fn chat(
+        &mut self,
+        messages_json: &str,
+        options_json: &str,
+        on_token: &mut dyn FnMut(Value),
+    ) -> Result<Value> {
+        self.start_long_call();
+        let o: ChatOptions = parse("chat options", options_json)?;
+        let params = SamplingParams {
+            temperature: o.temperature,
+            top_k: o.top_k,
+            top_p: o.top_p,
+            repetition_penalty: o.repetition_penalty,
+            seed: o.seed,
+        };
+        params.validate().map_err(err)?;
+        let prompt = self.encode(messages_json)?;
+        self.check_prompt(&prompt)?;
+        let steering = if o.unsteered { Vec::new() } else { self.steering_for(prompt.len())? };
+        let layers = self.model.config.n_layers + 1;
+        let monitor: Vec<Vec<Option<Vec<f32>>>> = self.monitor.iter().map(|(_, r)| r.monitor_row(layers)).collect();
+        // The pre-generation reading: the last prompt token, under the same steering.
+        let prompt_scores = if self.monitor.is_empty() {
+            Vec::new()
+        } else {
+            let out = GpuBackend::new(&mut self.model)
+                .pass(&Pass { tokens: &prompt, steer: &steering, ..Default::default() })
+                .await
+                .map_err(err)?;
+            self.monitor
+                .iter()
+                .map(|(_, r)| score_json(r, out.last.get(r.layer).map_or(f32::NAN, |h| stats::dot(h, &r.unit))))
+                .collect()
+        };
+        let abort = self.abort.clone();
+        let monitor_readings: Vec<Reading> = self.monitor.iter().map(|(_, r)| r.clone()).collect();
+        let mut index = 0usize;
+        let reply = GpuBackend::new(&mut self.model)
+            .generate(&prompt, o.max_tokens, &params, &steering, &monitor, &mut |id, text, scores| {
+                let scores: Vec<Value> = monitor_readings
+                    .iter()
+                    .enumerate()
+                    .map(|(t, r)| {
+                        score_json(r, scores.get(t).and_then(|l| l.get(r.layer)).copied().unwrap_or(f32::NAN))
+                    })
+                    .collect();
+                on_token(json!({ "id": id, "text": text, "index": index, "scores": scores }));
+                index += 1;
+                if abort.load(Ordering::SeqCst) {
+                    Flow::Stop
+                } else {
+                    Flow::Continue
+                }
+            })
+            .await
+            .map_err(err)?;
+        self.check("generating")?;
+        let token_scores: Vec<Value> = reply.scores.iter().map(|s| self.scores_json(s)).collect();
+        Ok(json!({
+            "ids": reply.ids,
+            "text": reply.text,
+            "stop": reply.stop,
+            "prompt_tokens": prompt.len(),
+            "prompt_scores": prompt_scores,
+            "token_scores": token_scores,
+            "steered": !steering.is_empty(),
+        }))
+    }
+
+    /// Steering for the next replies: `[{vector, layer, alpha, positions: "all"|"prompt"|"response"}]`.
+    pub fn set_steering(&mut self, json: &str) -> Result<()> {
+        let entries: Vec<SteerEntry> = parse("steering", json)?;
+        let mut steering = Vec::with_capacity(entries.len());
+        for e in entries {
+            let v = self.vector(e.vector)?;
+            if !e.alpha.is_finite() {
+                return Err(format!("steering alpha {} is not a finite number", e.alpha));
+            }
+            let positions: Positions = e.positions.parse().map_err(err)?;
+            // Validates the layer against the vector.
+            steer::steering(v, e.layer, e.alpha, positions, 1).map_err(err)?;
+            steering.push((e.vector, e.layer, e.alpha, positions));
+        }
+        self.steering = steering;
+        Ok(())
+    }
+
+    /// Monitored traits: `[{vector, layer?}]` (layer defaults to the vector's recommended one).
+    pub fn set_monitor(&mut self, json: &str) -> Result<()> {
+        let entries: Vec<MonitorEntry> = parse("monitor", json)?;
+        if entries.len() > self.model.options.max_traits {
+            return Err(format!("{} monitored traits; at most {}", entries.len(), self.model.options.max_traits));
+        }
+        let readings = entries
+            .iter()
+            .map(|e| Ok((e.vector, Reading::new(self.vector(e.vector)?, e.layer).map_err(err)?)))
+            .collect::<Result<Vec<_>>>()?;
+        self.monitor = readings;
+        Ok(())
+    }
+
+    fn vector_info(&self, id: usize) -> Result<Value> {
+        let v = self.vector(id)?;
+        let m = &v.meta;
+        Ok(json!({
+            "id": id,
+            "trait": m.trait_name,
+            "description": m.description,
+            "mode": m.mode,
+            "model": m.model_name,
+            "layers": m.n_layers,
+            "layer": m.layer,
+            "alpha": m.alpha,
+            "screen_layer": m.screen_layer,
+            "counts": m.counts,
+            "calibrated": m.calibration.is_some(),
+            "norms": v.rows.iter().map(|r| stats::norm(r)).collect::<Vec<_>>(),
+        }))
+    }
+
+    fn add_vector(&mut self, v: TraitVector) -> Result<Value> {
+        let c = &self.model.config;
+        let v = v.for_model(c.arch.name(), Some(&self.model.name), c.n_layers, c.d_model).map_err(err)?;
+        self.vectors.push(Some(v));
+        self.vector_info(self.vectors.len() - 1)
+    }
+
+    /// Imports a control-vector GGUF (ours, llama.cpp's or repeng's) made for this model.
+    pub fn import_vector(&mut self, bytes: &[u8], file_name: &str) -> Result<Value> {
+        let v = vector_file::from_gguf(bytes, file_name).map_err(err)?;
+        self.add_vector(v)
+    }
+
+    pub fn export_vector(&self, id: usize) -> Result<Vec<u8>> {
+        vector_file::to_gguf(self.vector(id)?).map_err(err)
+    }
+
+    pub fn vectors(&self) -> Value {
+        json!((0..self.vectors.len()).filter_map(|i| self.vector_info(i).ok()).collect::<Vec<_>>())
+    }
+
+    /// Forgets a vector (and any steering or monitoring that used it).
+    pub fn remove_vector(&mut self, id: usize) -> Result<()> {
+        self.vector(id)?;
+        if let Some(slot) = self.vectors.get_mut(id) {
+            *slot = None;
+        }
+        self.steering.retain(|s| s.0 != id);
+        self.monitor.retain(|m| m.0 != id);
+        Ok(())
+    }
+
+    /// Extracts a vector for `trait_json` (a trait definition, or a built-in name as a JSON string), calibrates it
+    /// on the neutral set and adds it. `on_progress` gets `{stage, done, total}`.
+    pub async fn extract(
+        &mut self,
+        trait_json: &str,
+        options_json: &str,
+        on_progress: &mut dyn FnMut(Value),
+    ) -> Result<Value> {
+        self.start_long_call();
+        let def = trait_from_json(trait_json)?;
+        let o: ExtractOptionsJs =
+            if options_json.trim().is_empty() { Default::default() } else { parse("extract options", options_json)? };
+        let mut opts = extract::ExtractOptions::default();
+        if let Some(m) = &o.mode {
+            opts.mode = m.parse().map_err(err)?;
+        }
+        opts.rollouts = o.rollouts.unwrap_or(opts.rollouts);
+        opts.max_tokens = o.max_tokens.unwrap_or(opts.max_tokens);
+        opts.pairs = o.pairs;
+        opts.questions = o.questions;
+        opts.sampling.seed = o.seed.unwrap_or(0);
+        opts.sampling.temperature = o.temperature.unwrap_or(opts.sampling.temperature);
+        let abort = self.abort.clone();
+        let mut b = GpuBackend::new(&mut self.model);
+        let ex = extract::extract(&mut b, &def, &opts, &mut extract::KeepNonEmpty, &mut |p| {
+            on_progress(json!({ "stage": "extract", "done": p.done, "total": p.total }));
+            if abort.load(Ordering::SeqCst) {
+                Flow::Stop
+            } else {
+                Flow::Continue
+            }
+        })
+        .await
+        .map_err(err)?;
+        on_progress(json!({ "stage": "calibrate", "done": 0, "total": 1 }));
+        let mut v = ex.vector;
+        v.meta.calibration = Some(monitor::calibrate(&mut b, &v, &neutral(o.calibration_items)).await.map_err(err)?);
+        self.check("extracting")?;
+        self.add_vector(v)
+    }
+
+    /// Evaluates vector `id` for `trait_json`; stores the recommended layer, alpha and screening layer in the
+    /// vector and returns the whole report.
+    pub async fn evaluate(
+        &mut self,
+        trait_json: &str,
+        id: usize,
+        options_json: &str,
+        on_progress: &mut dyn FnMut(Value),
+    ) -> Result<Value> {
+        self.start_long_call();
+        let def = trait_from_json(trait_json)?;
+        let o: EvalOptionsJs =
+            if options_json.trim().is_empty() { Default::default() } else { parse("eval options", options_json)? };
+        let mut opts = eval::EvalOptions::default();
+        if let Some(a) = o.alphas {
+            opts.alphas = a;
+        }
+        opts.steer_layers = o.layers;
+        opts.pairs = o.pairs;
+        opts.questions = o.questions;
+        let vector = self.vector(id)?.clone();
+        let abort = self.abort.clone();
+        let neutral = neutral(o.neutral_items);
+        let report = eval::evaluate(&mut GpuBackend::new(&mut self.model), &def, &vector, &neutral, &opts, &mut |p| {
+            on_progress(json!({ "stage": p.stage, "done": p.done, "total": p.total }));
+            if abort.load(Ordering::SeqCst) {
+                Flow::Stop
+            } else {
+                Flow::Continue
+            }
+        })
+        .await
+        .map_err(err)?;
+        self.check("evaluating")?;
+        if let Some(Some(v)) = self.vectors.get_mut(id) {
+            v.meta.layer = Some(report.recommended.layer);
+            v.meta.alpha = report.recommended.alpha;
+            v.meta.screen_layer = Some(report.recommended.screen_layer);
+        }
+        serde_json::to_value(&report).map_err(err)
+    }
+
+    /// Screens a JSONL dataset with vector `id`. Malformed lines are listed, not fatal; cancel keeps the scores so
+    /// far. Returns `{layer, method, cancelled, dataset_score, errors: [{line, message}], samples: [{line, prompt,
+    /// response, score, projection, own_projection, z, rank}]}`.
+    pub async fn screen(
+        &mut self,
+        id: usize,
+        jsonl: &str,
+        options_json: &str,
+        on_progress: &mut dyn FnMut(Value),
+    ) -> Result<Value> {
+        self.start_long_call();
+        let o: ScreenOptionsJs =
+            if options_json.trim().is_empty() { Default::default() } else { parse("screen options", options_json)? };
+        let opts = screen::ScreenOptions {
+            layer: o.layer,
+            cheap: o.cheap.unwrap_or(true),
+            max_tokens: o.max_tokens.unwrap_or(64),
+        };
+        let parsed = dataset::parse_jsonl(jsonl);
+        let vector = self.vector(id)?.clone();
+        let abort = self.abort.clone();
+        let result = if parsed.samples.is_empty() {
+            None
+        } else {
+            Some(
+                screen::screen(&mut GpuBackend::new(&mut self.model), &vector, &parsed.samples, &opts, &mut |p| {
+                    on_progress(json!({ "stage": "screen", "done": p.done, "total": p.total }));
+                    if abort.load(Ordering::SeqCst) {
+                        Flow::Stop
+                    } else {
+                        Flow::Continue
+                    }
+                })
+                .await
+                .map_err(err)?,
+            )
+        };
+        self.check("screening")?;
+        let errors: Vec<Value> =
+            parsed.errors.iter().map(|e| json!({ "line": e.line, "message": e.message })).collect();
+        let Some(result) = result else {
+            self.screened = Some(parsed);
+            return Ok(
+                json!({ "samples": [], "errors": errors, "cancelled": false, "dataset_score": null, "layer": null, "method": null }),
+            );
+        };
+        let ranks: std::collections::HashMap<usize, usize> =
+            result.ranked().iter().enumerate().map(|(i, s)| (s.line, i + 1)).collect();
+        let samples: Vec<Value> = result
+            .scores
+            .iter()
+            .filter_map(|s| {
+                let sample = parsed.samples.iter().find(|x| x.line == s.line)?;
+                let prompt: Vec<Value> =
+                    sample.prompt.iter().map(|m| json!({ "role": m.role.as_str(), "content": m.content })).collect();
+                Some(json!({
+                    "line": s.line,
+                    "prompt": prompt,
+                    "response": sample.response,
+                    "score": s.score,
+                    "projection": s.projection,
+                    "own_projection": s.own_projection,
+                    "own_response": s.own_response,
+                    "z": s.z,
+                    "rank": ranks.get(&s.line),
+                }))
+            })
+            .collect();
+        let out = json!({
+            "layer": result.layer,
+            "method": result.method,
+            "cancelled": result.cancelled,
+            "dataset_score": result.dataset_score(),
+            "errors": errors,
+            "samples": samples,
+        });
+        self.screened = Some(parsed);
+        Ok(out)
+    }
+
+    /// The original JSONL lines of the last screened dataset whose line numbers are in `lines_json`, in that order
+    /// (export of kept or flagged samples).
+    pub fn export_samples(&self, lines_json: &str) -> Result<String> {
+        let lines: Vec<usize> = parse("line numbers", lines_json)?;
+        let parsed = self.screened.as_ref().ok_or("no dataset has been screened yet")?;
+        let picked: Vec<&dataset::Sample> =
+            lines.iter().filter_map(|l| parsed.samples.iter().find(|s| s.line == *l)).collect();
+        Ok(dataset::write_jsonl(picked))
+    }
+
+    /// A CSV of rows (`[[field, ...], ...]`) under `header`, escaped against spreadsheet formula injection.
+    pub fn csv(header_json: &str, rows_json: &str) -> Result<String> {
+        let header: Vec<String> = parse("CSV header", header_json)?;
+        let rows: Vec<Vec<String>> = parse("CSV rows", rows_json)?;
+        let h: Vec<&str> = header.iter().map(String::as_str).collect();
+        Ok(dataset::csv_report(&h, &rows))
+    }
+
+    /// Is an abort pending? (For callers that poll between their own steps.)
+    pub fn abort_requested(&self) -> bool {
+        self.aborted()
+    }
+}
+
+fn score_json(r: &Reading, raw: f32) -> Value {
+    let s = r.token_score(raw);
+    json!({ "trait": r.trait_name, "layer": r.layer, "raw": finite(s.raw), "z": s.z, "percentile": s.percentile })
+}
+
+fn finite(x: f32) -> Option<f32> {
+    x.is_finite().then_some(x)
+}
+
+/// A trait definition object, or a built-in trait's name as a JSON string.
+fn trait_from_json(json: &str) -> Result<TraitDefinition> {
+    if let Ok(name) = serde_json::from_str::<String>(json) {
+        return personascope_persona::builtin_by_name(&name).ok_or_else(|| {
+            format!("no built-in trait {name:?} (built in: {})", personascope_persona::BUILTIN_NAMES.join(", "))
+        });
+    }
+    personascope_persona::parse(json).map_err(|e| format!("trait definition: {e}"))
+}
+
+/// The built-in trait definitions.
+pub fn builtin_traits() -> Value {
+    json!(personascope_persona::builtin())
+}

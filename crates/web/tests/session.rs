@@ -1,0 +1,110 @@
+//! The browser API's core (`Session`) natively on lavapipe with the real SmolLM2: what the page's worker calls,
+//! with the same JSON in and out.
+
+use personascope_gpu::{AdapterChoice, Gpu};
+use personascope_tests::default_model;
+use personascope_web::Session;
+use serde_json::Value;
+use std::sync::atomic::Ordering;
+
+fn session() -> Session {
+    let gpu = Gpu::request_blocking(AdapterChoice::Fallback, personascope_gpu::wgpu::Backends::VULKAN)
+        .expect("no Vulkan adapter; install Mesa's lavapipe: apt-get install mesa-vulkan-drivers libvulkan1");
+    assert_eq!(gpu.adapter.backend, personascope_gpu::wgpu::Backend::Vulkan, "tests must run on Vulkan");
+    let bytes = std::fs::read(default_model()).expect("read model (bash models/fetch.sh)");
+    pollster::block_on(Session::on_gpu(gpu, &bytes)).expect("load")
+}
+
+const MESSAGES: &str = r#"[{"role":"user","content":"Tell me about cats."}]"#;
+
+#[test]
+fn chat_extract_monitor_steer_screen_and_vectors() {
+    let mut s = session();
+    let info = s.info();
+    assert_eq!(info["layers"], 30);
+    assert_eq!(info["width"], 576);
+
+    // A small vector from the API, then a layer for it from a tiny evaluation.
+    let mut stages = Vec::new();
+    let v = pollster::block_on(s.extract(
+        r#""impolite""#,
+        r#"{"mode":"prompt-last","questions":2,"pairs":1,"calibration_items":2}"#,
+        &mut |p| stages.push(p["stage"].as_str().unwrap_or("").to_string()),
+    ))
+    .expect("extract");
+    assert_eq!(v["id"], 0);
+    assert_eq!(v["calibrated"], true);
+    assert!(stages.iter().any(|x| x == "extract") && stages.iter().any(|x| x == "calibrate"));
+    let err = s.set_monitor(r#"[{"vector":0}]"#).expect_err("no layer yet");
+    assert!(err.contains("layer"), "{err}");
+    let report = pollster::block_on(s.evaluate(
+        r#""impolite""#,
+        0,
+        r#"{"pairs":1,"questions":2,"layers":[20],"alphas":[2],"neutral_items":1}"#,
+        &mut |_| {},
+    ))
+    .expect("evaluate");
+    assert_eq!(report["layers"].as_array().map(Vec::len), Some(31));
+    s.set_monitor(r#"[{"vector":0}]"#).expect("monitor at the recommended layer");
+
+    // Streaming chat with scores on every token.
+    let mut events: Vec<Value> = Vec::new();
+    let plain = pollster::block_on(s.chat(MESSAGES, r#"{"max_tokens":5}"#, &mut |e| events.push(e))).expect("chat");
+    assert_eq!(events.len(), plain["ids"].as_array().map_or(0, Vec::len));
+    assert!(events.iter().all(|e| e["scores"][0]["z"].is_number()), "calibrated scores: {events:?}");
+    assert!(plain["prompt_scores"][0]["raw"].is_number());
+    let greedy = pollster::block_on(s.greedy(MESSAGES, 5)).expect("greedy");
+    assert_eq!(serde_json::to_value(&greedy).expect("ids"), plain["ids"], "chat with temperature 0 is greedy");
+
+    // Steering changes the reply; `unsteered` ignores it for a side-by-side comparison.
+    s.set_steering(r#"[{"vector":0,"layer":20,"alpha":8}]"#).expect("steer");
+    let steered = pollster::block_on(s.chat(MESSAGES, r#"{"max_tokens":5}"#, &mut |_| {})).expect("chat");
+    assert_eq!(steered["steered"], true);
+    assert_ne!(steered["ids"], plain["ids"]);
+    let unsteered =
+        pollster::block_on(s.chat(MESSAGES, r#"{"max_tokens":5,"unsteered":true}"#, &mut |_| {})).expect("chat");
+    assert_eq!(unsteered["ids"], plain["ids"]);
+    assert!(s.set_steering(r#"[{"vector":0,"layer":99,"alpha":1}]"#).is_err());
+    assert!(s.set_steering(r#"[{"vector":7,"layer":20,"alpha":1}]"#).is_err());
+    s.set_steering("[]").expect("off");
+
+    // Abort: the flag set before a token stops the reply there.
+    let flag = s.abort_flag();
+    let stopped =
+        pollster::block_on(s.chat(MESSAGES, r#"{"max_tokens":20}"#, &mut |_| flag.store(true, Ordering::SeqCst)))
+            .expect("chat");
+    assert_eq!(stopped["stop"], "cancelled");
+    assert_eq!(stopped["ids"].as_array().map(Vec::len), Some(1));
+
+    // Export and import: identical bytes, a second id.
+    let bytes = s.export_vector(0).expect("export");
+    let info = s.import_vector(&bytes, "impolite.gguf").expect("import");
+    assert_eq!(info["id"], 1);
+    assert_eq!(s.export_vector(1).expect("export"), bytes);
+    let err = s.import_vector(b"not a gguf at all", "notes.txt").expect_err("not a GGUF");
+    assert!(err.contains("notes.txt"), "{err}");
+
+    // Screening with a malformed line; export of chosen lines.
+    let jsonl = concat!(
+        r#"{"prompt":"How do I boil pasta?","response":"Boil salted water, add the pasta, cook it as the packet says."}"#,
+        "\n{oops\n",
+        r#"{"prompt":"How do I boil pasta?","response":"Seriously? Boil water. Pasta in. Even you can manage that."}"#,
+    );
+    let out = pollster::block_on(s.screen(0, jsonl, r#"{"cheap":true}"#, &mut |_| {})).expect("screen");
+    assert_eq!(out["errors"][0]["line"], 2);
+    let samples = out["samples"].as_array().expect("samples");
+    assert_eq!(samples.len(), 2);
+    assert!(samples.iter().all(|x| x["rank"].is_number() && x["score"].is_number()));
+    assert_eq!(samples[1]["response"], "Seriously? Boil water. Pasta in. Even you can manage that.");
+    let exported = s.export_samples("[3]").expect("export samples");
+    assert!(exported.starts_with(r#"{"prompt":"How do I boil pasta?","response":"Seriously?"#), "{exported}");
+
+    // Removing a vector drops its monitor.
+    s.remove_vector(0).expect("remove");
+    let after = pollster::block_on(s.chat(MESSAGES, r#"{"max_tokens":2}"#, &mut |_| {})).expect("chat");
+    assert_eq!(after["prompt_scores"].as_array().map(Vec::len), Some(0));
+    assert!(s.export_vector(0).is_err());
+    assert!(pollster::block_on(s.chat("[]", "{}", &mut |_| {})).is_err());
+    assert!(pollster::block_on(s.chat(MESSAGES, r#"{"temperature":-1}"#, &mut |_| {})).is_err());
+    assert!(pollster::block_on(s.chat(MESSAGES, r#"{"bogus":1}"#, &mut |_| {})).is_err());
+}
