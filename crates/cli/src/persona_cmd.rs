@@ -415,6 +415,9 @@ pub fn run_screen(a: ScreenArgs) -> CliResult<()> {
         &mut progress
     ))
     .map_err(err)?);
+    for (line, why) in &result.skipped {
+        eprintln!("{}: line {line}: not screened: {why}", a.data.display());
+    }
     let ranked = result.ranked();
     let flagged_line = |s: &screen::SampleScore| match a.score_threshold {
         Some(t) => s.score >= t,
@@ -476,6 +479,7 @@ pub fn run_screen(a: ScreenArgs) -> CliResult<()> {
         "layer": result.layer,
         "samples": result.scores.len(),
         "malformed": parsed.errors.iter().map(|e| json!({"line": e.line, "error": e.message})).collect::<Vec<_>>(),
+        "skipped": result.skipped.iter().map(|(l, why)| json!({"line": l, "error": why})).collect::<Vec<_>>(),
         "dataset_score": result.dataset_score(),
         "flagged": flagged.len(),
         "cancelled": result.cancelled,

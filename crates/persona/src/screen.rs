@@ -52,6 +52,8 @@ pub struct Screening {
     pub method: &'static str,
     /// In input order; only the samples screened before a cancel.
     pub scores: Vec<SampleScore>,
+    /// Samples that could not be screened (line, reason), e.g. longer than the model's context.
+    pub skipped: Vec<(usize, String)>,
     pub cancelled: bool,
 }
 
@@ -110,18 +112,22 @@ pub async fn screen<B: Backend>(
     });
     let mut scores = Vec::with_capacity(samples.len());
     let mut cancelled = false;
+    let mut skipped = Vec::new();
     let max = backend.max_positions();
     for (i, s) in samples.iter().enumerate() {
         let prompt = backend.prompt_of(&to_messages(s))?;
         let response = backend.tokenizer().encode(&s.response)?;
         let mut tokens = prompt.clone();
         tokens.extend_from_slice(&response);
-        if tokens.len() > max {
-            return Err(PersonaError::Input(format!(
-                "line {}: the sample is {} tokens long; the model takes {max}",
-                s.line,
-                tokens.len()
-            )));
+        // Room for the model's own answer too, in projection-difference mode.
+        let needed = if opts.cheap { tokens.len() } else { tokens.len().max(prompt.len() + opts.max_tokens) };
+        if needed > max {
+            skipped.push((s.line, format!("{needed} tokens needed; the model takes {max}")));
+            if progress(Progress { done: i + 1, total: samples.len() }) == Flow::Stop {
+                cancelled = i + 1 < samples.len();
+                break;
+            }
+            continue;
         }
         let p = prompt.len();
         let read = |out: crate::backend::PassOut| -> f32 {
@@ -170,6 +176,7 @@ pub async fn screen<B: Backend>(
         layer,
         method: if opts.cheap { "raw projection (cheap)" } else { "projection difference" },
         scores,
+        skipped,
         cancelled,
     })
 }

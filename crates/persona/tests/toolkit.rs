@@ -286,3 +286,33 @@ fn cpu_prefix_reuse_gives_the_same_results_as_fresh_passes() {
         assert_eq!(got.captured.len(), want.captured.len());
     }
 }
+
+#[test]
+fn screening_skips_a_sample_longer_than_the_context_and_goes_on() {
+    let v = impolite_vector();
+    let long = "word ".repeat(400);
+    let text = format!(
+        "{}\n{}\n",
+        serde_json::json!({"prompt": "Say something long.", "response": long}),
+        r#"{"prompt":"What is a good houseplant?","response":"A pothos is easy to care for and grows well in low light."}"#
+    );
+    let parsed = dataset::parse_jsonl(&text);
+    assert_eq!(parsed.samples.len(), 2);
+    let mut g = gpu_model();
+    let opts = ScreenOptions { cheap: true, ..Default::default() };
+    let s = pollster::block_on(screen::screen(&mut GpuBackend::new(&mut g), v, &parsed.samples, &opts, &mut |_| {
+        Flow::Continue
+    }))
+    .expect("screen");
+    assert_eq!(s.skipped.len(), 1, "{:?}", s.skipped);
+    assert_eq!(s.skipped[0].0, 1);
+    assert!(s.skipped[0].1.contains("256"), "{}", s.skipped[0].1);
+    assert_eq!(s.scores.iter().map(|x| x.line).collect::<Vec<_>>(), vec![2]);
+    // The GPU's mean projection equals the CPU's.
+    let c = pollster::block_on(screen::screen(&mut CpuBackend::new(cpu()), v, &parsed.samples[1..], &opts, &mut |_| {
+        Flow::Continue
+    }))
+    .expect("cpu screen");
+    let (a, b) = (s.scores[0].projection, c.scores[0].projection);
+    assert!((a - b).abs() < 1e-3 * b.abs().max(1.0), "gpu {a} cpu {b}");
+}
