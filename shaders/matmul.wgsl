@@ -8,9 +8,18 @@
 // partial sums go to workgroup memory and one thread per (row, token) adds its row's TPR partials.
 //
 // Defines: Q4 / Q8 / PLAIN (4-bit codes, 8-bit codes, f32 values), SIGNED (two's-complement codes, no min), GROUP
-// (elements per scale pair), EPC (elements per chunk), ROWS, TPR, WG = ROWS * TPR, TOKENS, PARTIALS = WG * TOKENS,
-// SOLO (TPR = 1: one thread per row, no reduction), BIAS (y += b[r]), ACCUMULATE (y[t, r] += result: the
-// residual add).
+// (elements per scale pair), EPC (elements per chunk), ROWS, TPR, WG = ROWS * TPR, TOKENS, SOLO (TPR = 1: one
+// thread per row, no reduction), BIAS (y += b[r]), ACCUMULATE (y[t, r] += result: the residual add), SUBGROUPS
+// (reduce with subgroupAdd instead of the workgroup-memory sum; needs the subgroups feature), SLOTS (with
+// SUBGROUPS: the most subgroups a workgroup can have, WG / the adapter's smallest subgroup size), WHOLE (with
+// SUBGROUPS: WG <= the smallest subgroup size, so the workgroup is one subgroup: no workgroup memory, no barrier),
+// PARTIALS (workgroup memory: WG * TOKENS, or with SUBGROUPS SLOTS * ROWS * TOKENS).
+//
+// The subgroup reduction assumes neither a subgroup size nor a layout of invocations in subgroups: for each
+// (row, token) of the workgroup every invocation adds its partial if it works on that row and 0 otherwise, so one
+// subgroupAdd gives that subgroup's share of the row whatever lanes it holds. The shares meet in workgroup memory,
+// one value per subgroup (@builtin(subgroup_id); in a browser that built-in needs the WGSL `subgroup_id` language
+// feature, Chrome 144+).
 
 struct Params {
     rows: u32,       // rows in this part
@@ -37,7 +46,9 @@ struct Params {
 const NQ: u32 = ${EPC}u / 4u; // vec4<f32> of x per chunk
 
 #if !SOLO
+#if !WHOLE
 var<workgroup> partials: array<f32, ${PARTIALS}>;
+#endif
 #endif
 
 #if Q4
@@ -83,7 +94,16 @@ fn store(rr: u32, tok: u32, sum: f32) {
 }
 
 @compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+fn main(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+#if SUBGROUPS
+    @builtin(subgroup_invocation_id) sg_lane: u32,
+#if !WHOLE
+    @builtin(subgroup_id) sg_id: u32,
+#endif
+#endif
+) {
     // Row blocks past the 65,535 workgroups of one dimension continue on y.
     let r0 = (wg.x + wg.y * 65535u) * ${ROWS}u;
     // Workgroup-uniform: the padding workgroups of a 2-D dispatch leave before the barrier, all together.
@@ -187,6 +207,39 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
         }
     }
 #else
+#if SUBGROUPS
+    // Every invocation takes part in every subgroupAdd (rows past the end contribute zeros), in uniform control flow.
+    for (var ri = 0u; ri < ${ROWS}u; ri++) {
+        for (var t = 0u; t < ${TOKENS}u; t++) {
+            let share = subgroupAdd(select(0.0, acc[t], i == ri));
+#if WHOLE
+            if (sg_lane == 0u && r0 + ri < p.rows && tok0 + t < p.n_tokens) {
+                store(r0 + ri, tok0 + t, share);
+            }
+#else
+            if (sg_lane == 0u && sg_id < ${SLOTS}u) {
+                partials[sg_id * ${ROWS}u * ${TOKENS}u + ri * ${TOKENS}u + t] = share;
+            }
+#endif
+        }
+    }
+#if !WHOLE
+    workgroupBarrier();
+    if (tid < ${ROWS}u * ${TOKENS}u) {
+        let ri = tid / ${TOKENS}u;
+        let t = tid % ${TOKENS}u;
+        if (r0 + ri < p.rows && tok0 + t < p.n_tokens) {
+            // Every slot, not num_subgroups of them: lavapipe reports floor(WG / size) there, missing a partial
+            // last subgroup. Slots of subgroups that do not exist hold zeros (workgroup memory starts zeroed).
+            var s = 0.0;
+            for (var g = 0u; g < ${SLOTS}u; g++) {
+                s += partials[g * ${ROWS}u * ${TOKENS}u + tid];
+            }
+            store(r0 + ri, tok0 + t, s);
+        }
+    }
+#endif
+#else
     for (var t = 0u; t < ${TOKENS}u; t++) {
         partials[t * ${WG}u + tid] = acc[t];
     }
@@ -209,5 +262,6 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
             store(rr, tok, (s.x + s.y) + (s.z + s.w));
         }
     }
+#endif
 #endif
 }

@@ -1,6 +1,7 @@
 //! The matmul and embedding kernels on packed weights against the CPU (`personascope_gguf::dot_row`,
 //! `PackedMatrix::dequantize_row`), for every GGML type, on fresh random inputs of awkward sizes: row counts that
-//! are not multiples of the rows per workgroup, 1 (decode), 3 and 9 (prompt tiles of 8, one partial) tokens.
+//! are not multiples of the rows per workgroup, 1 (decode), 3 and 9 (prompt tiles of 8, one partial) tokens; the
+//! GPU shapes both with the portable (workgroup-memory) and the subgroup reduction.
 
 mod common;
 #[path = "common/quant_blocks.rs"]
@@ -10,7 +11,9 @@ use common::{assert_close, gpu, random};
 use personascope_gguf::{dot_row, GgmlType};
 use personascope_gpu::kernel::{read_f32, storage, storage_f32};
 use personascope_gpu::kernels::embed::Embed;
-use personascope_gpu::kernels::matmul::{Epilogue, Io, Matmul, Shape, CPU_DECODE, CPU_PROMPT, DECODE, PROMPT};
+use personascope_gpu::kernels::matmul::{
+    self, reduces_with_subgroups, subgroups_for, Epilogue, Io, Matmul, Shape, CPU_DECODE, CPU_PROMPT, DECODE, PROMPT,
+};
 use personascope_gpu::quant::{GpuMatrix, PackedFormat, PackedMatrix};
 use personascope_gpu::Gpu;
 use quant_blocks::{random_tensor, subnormal_scale_tensor};
@@ -27,11 +30,24 @@ use std::collections::HashMap;
 const MATMUL_ABS: f32 = 1e-4;
 const MATMUL_REL: f32 = 1e-4;
 
-type Kernels = HashMap<(PackedFormat, Epilogue, Shape), Matmul>;
+/// Workgroup shapes for (decode, prompt) and whether to reduce with subgroups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Config {
+    decode: Shape,
+    prompt: Shape,
+    subgroups: bool,
+}
 
-/// Both workgroup shape sets: the GPU one (threads split rows, one barrier) and the CPU-adapter one (a thread per
-/// row, no barrier), whichever adapter the test runs on.
-const SHAPES: [(Shape, Shape); 2] = [(DECODE, PROMPT), (CPU_DECODE, CPU_PROMPT)];
+type Kernels = HashMap<(PackedFormat, Epilogue, Config), Matmul>;
+
+/// Every configuration the engine may run, whichever adapter the test runs on: the GPU shapes (threads split rows)
+/// with the portable and with the subgroup reduction, and the CPU-adapter shapes (a thread per row, no reduction).
+/// The subgroup one needs an adapter with subgroups (lavapipe has them): without, building it fails the test.
+const CONFIGS: [Config; 3] = [
+    Config { decode: DECODE, prompt: PROMPT, subgroups: false },
+    Config { decode: DECODE, prompt: PROMPT, subgroups: true },
+    Config { decode: CPU_DECODE, prompt: CPU_PROMPT, subgroups: false },
+];
 
 struct Case {
     ty: GgmlType,
@@ -43,13 +59,30 @@ struct Case {
     limit: u64,
     io: Option<Io>,
     seed: u64,
-    shapes: (Shape, Shape),
+    config: Config,
 }
 
 impl Case {
     fn new(ty: GgmlType, rows: usize, cols: usize, n: usize, seed: u64) -> Self {
-        Case { ty, rows, cols, n, epilogue: Epilogue::default(), limit: u64::MAX, io: None, seed, shapes: SHAPES[0] }
+        Case { ty, rows, cols, n, epilogue: Epilogue::default(), limit: u64::MAX, io: None, seed, config: CONFIGS[0] }
     }
+}
+
+/// Builds the kernel of `config`, checking that the reduction asked for is the one compiled: a subgroup kernel
+/// must really use subgroups, never quietly be the portable one.
+fn build(gpu: &Gpu, format: PackedFormat, epilogue: Epilogue, config: Config) -> Matmul {
+    if config.subgroups {
+        assert!(gpu.caps.subgroups, "{} has no subgroups: the subgroup matmul cannot be tested here", gpu.describe());
+    }
+    let k =
+        pollster::block_on(Matmul::with_options(gpu, format, epilogue, config.decode, config.prompt, config.subgroups))
+            .expect("compile matmul");
+    let want = (
+        config.subgroups && reduces_with_subgroups(config.decode),
+        config.subgroups && reduces_with_subgroups(config.prompt),
+    );
+    assert_eq!(k.subgroups(), want, "{config:?}: (decode, prompt) subgroup reduction");
+    k
 }
 
 /// Runs one case on the GPU and the CPU; returns the largest |gpu - cpu| and the number of parts.
@@ -86,10 +119,7 @@ fn run_data(gpu: &Gpu, kernels: &mut Kernels, c: &Case, data: &[u8]) -> (f32, us
     }
 
     let format = PackedFormat::of(c.ty);
-    let (decode, prompt) = c.shapes;
-    let k = kernels.entry((format, c.epilogue, decode)).or_insert_with(|| {
-        pollster::block_on(Matmul::with_shapes(gpu, format, c.epilogue, decode, prompt)).expect("compile matmul")
-    });
+    let k = kernels.entry((format, c.epilogue, c.config)).or_insert_with(|| build(gpu, format, c.epilogue, c.config));
     let (xb, yb, bb) = (storage_f32(gpu, "x", &x), storage_f32(gpu, "y", &y0), storage_f32(gpu, "b", &bias));
     let mut binds = Vec::new();
     for part in 0..m.parts.len() {
@@ -108,16 +138,19 @@ fn run_data(gpu: &Gpu, kernels: &mut Kernels, c: &Case, data: &[u8]) -> (f32, us
     gpu.queue.submit([enc.finish()]);
     let got = pollster::block_on(read_f32(gpu, &yb, want.len())).unwrap();
     // Elements outside y's rows (offset, stride padding) must be untouched: NaN stays NaN, accumulate data stays.
+    let shape = if c.n == 1 { c.config.decode } else { c.config.prompt };
     let what = format!(
-        "{} {}x{} n={} {:?} parts={} shapes {}x{}",
+        "{} {}x{} n={} {:?} parts={} shape {}x{}x{} subgroups {}",
         c.ty,
         c.rows,
         c.cols,
         c.n,
         c.epilogue,
         m.parts.len(),
-        decode.rows,
-        decode.tpr
+        shape.rows,
+        shape.tpr,
+        shape.tokens,
+        c.config.subgroups
     );
     for i in 0..want.len() {
         if want[i].is_nan() {
@@ -145,10 +178,10 @@ fn matmul_matches_dot_row_for_every_type() {
     for (i, ty) in GgmlType::ALL.into_iter().enumerate() {
         let [c0, c1] = widths(ty);
         let mut worst = 0f32;
-        for shapes in SHAPES {
+        for config in CONFIGS {
             for (rows, cols, n) in [(37, c0, 1), (301, c1, 1), (37, c1, 3), (301, c0, 9)] {
                 let seed = 1000 * i as u64 + rows as u64 + n as u64;
-                let case = Case { shapes, ..Case::new(ty, rows, cols, n, seed) };
+                let case = Case { config, ..Case::new(ty, rows, cols, n, seed) };
                 worst = worst.max(run(gpu, &mut kernels, &case).0);
             }
         }
@@ -164,10 +197,10 @@ fn matmul_bias_and_accumulate() {
     for ty in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K, GgmlType::F32] {
         let cols = widths(ty)[1];
         for (bias, accumulate) in [(true, false), (false, true), (true, true)] {
-            for (n, shapes) in [1, 9].into_iter().flat_map(|n| SHAPES.map(|s| (n, s))) {
+            for (n, config) in [1, 9].into_iter().flat_map(|n| CONFIGS.map(|s| (n, s))) {
                 let mut c = Case::new(ty, 37, cols, n, 77 + n as u64);
                 c.epilogue = Epilogue { bias, accumulate };
-                c.shapes = shapes;
+                c.config = config;
                 run(gpu, &mut kernels, &c);
             }
         }
@@ -181,9 +214,9 @@ fn matmul_split_into_row_parts() {
     for ty in [GgmlType::Q8_0, GgmlType::Q4K, GgmlType::F16] {
         let cols = widths(ty)[1];
         let packed_row = 4 * PackedFormat::of(ty).row_code_words(cols) as u64;
-        for (n, shapes) in [1, 3, 9].into_iter().flat_map(|n| SHAPES.map(|s| (n, s))) {
+        for (n, config) in [1, 3, 9].into_iter().flat_map(|n| CONFIGS.map(|s| (n, s))) {
             let mut c = Case::new(ty, 301, cols, n, 5 + n as u64);
-            c.shapes = shapes;
+            c.config = config;
             // 120 rows per part: parts of 101, 101 and 99 rows, none a multiple of the rows per workgroup.
             c.limit = 120 * packed_row;
             c.epilogue = Epilogue { bias: true, accumulate: n != 3 };
@@ -200,10 +233,10 @@ fn matmul_strided_io_and_odd_plain_width() {
     // x and y inside larger buffers: x rows every 112 floats from 8, y rows every 50 from 3 (y[t, 37..50] and
     // the first 3 values must stay untouched).
     for (ty, cols) in [(GgmlType::Q4_0, 96), (GgmlType::F32, 98), (GgmlType::BF16, 7)] {
-        for (n, shapes) in [1, 3].into_iter().flat_map(|n| SHAPES.map(|s| (n, s))) {
+        for (n, config) in [1, 3].into_iter().flat_map(|n| CONFIGS.map(|s| (n, s))) {
             let mut c = Case::new(ty, 37, cols, n, 9);
             c.io = Some(Io { x_offset: 8, x_stride: 112, y_offset: 3, y_stride: 50 });
-            c.shapes = shapes;
+            c.config = config;
             run(gpu, &mut kernels, &c);
         }
     }
@@ -216,7 +249,90 @@ fn matmul_beyond_65535_workgroups() {
     let mut kernels = Kernels::new();
     const { assert!(DECODE.rows <= 4 && PROMPT.rows <= 4, "use more rows here") };
     for n in [1, 2] {
-        run(gpu, &mut kernels, &Case::new(GgmlType::Q4_0, 262_147, 32, n, 3));
+        for config in &CONFIGS[..2] {
+            run(gpu, &mut kernels, &Case { config: *config, ..Case::new(GgmlType::Q4_0, 262_147, 32, n, 3) });
+        }
+    }
+}
+
+#[test]
+fn matmul_subgroup_reduction_on_awkward_shapes() {
+    // Decode shapes chosen against this adapter's subgroup size S (lavapipe: 8): rows whose threads span several
+    // subgroups (4 x 16, 1 x 64), subgroups holding threads of two rows and a partial subgroup (3 x 5 = 15
+    // threads), the largest workgroup (16 x 16), and a workgroup that is one subgroup (S/4 x 4: no barrier).
+    let gpu = gpu();
+    assert!(gpu.caps.subgroups, "{} has no subgroups: the subgroup matmul cannot be tested here", gpu.describe());
+    let s = gpu.adapter.subgroup_min_size.max(matmul::MIN_SUBGROUP_SIZE);
+    let whole = Shape { rows: (s / 4).max(1), tpr: 4, tokens: 1 };
+    let shapes = [DECODE, Shape { rows: 1, tpr: 64, tokens: 1 }, Shape { rows: 3, tpr: 5, tokens: 1 }, whole];
+    let shapes = shapes.into_iter().chain([Shape { rows: 16, tpr: 16, tokens: 1 }]);
+    let mut kernels = Kernels::new();
+    let mut seen_whole = false;
+    for (i, decode) in shapes.enumerate() {
+        let d = matmul::defines(PackedFormat::of(GgmlType::Q4_1), Epilogue::default(), decode, Some(s));
+        assert_eq!(d["SUBGROUPS"], "1", "{decode:?}");
+        seen_whole |= d["WHOLE"] == "1";
+        for subgroups in [true, false] {
+            let config = Config { decode, prompt: PROMPT, subgroups };
+            for (j, ty) in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q6K, GgmlType::F32].into_iter().enumerate() {
+                for rows in [1, 37, 301] {
+                    let cols = widths(ty)[(i + j) % 2];
+                    let mut c = Case::new(ty, rows, cols, 1, 31 * i as u64 + j as u64 + rows as u64);
+                    c.config = config;
+                    c.epilogue = Epilogue { bias: rows == 37, accumulate: rows != 1 };
+                    run(gpu, &mut kernels, &c);
+                }
+            }
+        }
+    }
+    assert!(seen_whole, "no one-subgroup workgroup tested (subgroup size {s})");
+}
+
+#[test]
+fn matmul_picks_subgroups_when_the_device_has_them() {
+    // PERSONASCOPE_NO_SUBGROUPS=1 (the portable path on purpose) is the only reason to decline them.
+    let gpu = gpu();
+    let forced_off = std::env::var(matmul::NO_SUBGROUPS_ENV).is_ok_and(|v| v.trim() == "1");
+    assert_eq!(subgroups_for(gpu).is_some(), gpu.caps.subgroups && !forced_off);
+    let k = pollster::block_on(Matmul::with_shapes(
+        gpu,
+        PackedFormat::of(GgmlType::Q4_1),
+        Epilogue::default(),
+        DECODE,
+        PROMPT,
+    ))
+    .expect("compile matmul");
+    assert_eq!(k.subgroups(), (gpu.caps.subgroups && !forced_off, false));
+}
+
+#[test]
+fn matmul_on_a_device_without_subgroups() {
+    // The browser baseline: the same adapter opened without the optional features. The portable kernel runs
+    // there, and asking for subgroups is an error, not a silent fall back.
+    let with = gpu();
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: wgpu::Backends::VULKAN,
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
+    let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+        power_preference: wgpu::PowerPreference::HighPerformance,
+        force_fallback_adapter: with.adapter.device_type == wgpu::DeviceType::Cpu,
+        compatible_surface: None,
+        apply_limit_buckets: false,
+    }))
+    .expect("adapter");
+    let (device, queue) =
+        pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default())).expect("device");
+    let gpu = Gpu::from_device(device, queue, adapter.get_info());
+    assert!(!gpu.caps.subgroups && !gpu.caps.f16, "{:?}", gpu.caps);
+    let format = PackedFormat::of(GgmlType::Q4_1);
+    let err = pollster::block_on(Matmul::with_options(&gpu, format, Epilogue::default(), DECODE, PROMPT, true));
+    assert!(err.is_err(), "a subgroup matmul was built on a device without subgroups");
+    assert!(subgroups_for(&gpu).is_none());
+    let mut kernels = Kernels::new();
+    for n in [1, 9] {
+        let config = Config { decode: DECODE, prompt: PROMPT, subgroups: false };
+        run(&gpu, &mut kernels, &Case { config, ..Case::new(GgmlType::Q4_1, 37, 160, n, 12) });
     }
 }
 

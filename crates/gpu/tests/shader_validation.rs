@@ -2,24 +2,50 @@
 
 use personascope_gpu::shader::{preprocess, Defines, Target, SOURCES};
 
+fn on(defines: &Defines, name: &str) -> bool {
+    defines.get(name).is_some_and(|v| v != "0" && v != "false")
+}
+
+/// Parses and validates `text`; without the define that asks for them, subgroup operations and f16 are refused,
+/// so a portable variant that uses them by mistake fails here.
+fn validate(what: &str, text: &str, defines: &Defines) {
+    let module = naga::front::wgsl::parse_str(text).unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(text)));
+    let mut caps = naga::valid::Capabilities::all();
+    if !on(defines, "SUBGROUPS") {
+        caps -= naga::valid::Capabilities::SUBGROUP | naga::valid::Capabilities::SUBGROUP_BARRIER;
+    }
+    if !on(defines, "F16") {
+        caps -= naga::valid::Capabilities::SHADER_FLOAT16;
+    }
+    let mut validator = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps);
+    validator.validate(&module).unwrap_or_else(|e| panic!("{what}: {e:?}"));
+}
+
 #[test]
 fn every_shader_variant_validates() {
     let variants = personascope_gpu::kernels::all_variants();
     for (name, _) in SOURCES {
         assert!(variants.iter().any(|(n, _)| n == name), "shaders/{name}.wgsl is not used by any kernel variant");
     }
+    let mut subgroup_variants = 0;
     for (name, defines) in &variants {
         let src = personascope_gpu::shader::source(name).unwrap_or_else(|| panic!("no shader {name}"));
-        // naga (native) rejects `enable subgroups;`, which Chrome requires, so the text is validated as
-        // preprocessed for the native target; the enable lines themselves are checked in the test below.
-        let text = preprocess(name, src, defines, Target::Native).expect("preprocess");
-        let module = naga::front::wgsl::parse_str(&text)
-            .unwrap_or_else(|e| panic!("{name} {defines:?}: {}", e.emit_to_string(&text)));
-        let mut validator =
-            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all());
-        validator.validate(&module).unwrap_or_else(|e| panic!("{name} {defines:?}: {e:?}"));
+        let native = preprocess(name, src, defines, Target::Native).expect("preprocess native");
+        assert!(!native.contains("enable subgroups"), "{name} {defines:?}: naga rejects `enable subgroups;`");
+        validate(&format!("{name} {defines:?} (native)"), &native, defines);
+
+        // The browser's text: the enable lines Chrome requires, exactly when the variant needs them. naga has no
+        // `enable subgroups;` (it is implied there), so that one line is taken off before validating the rest.
+        let web = preprocess(name, src, defines, Target::Web).expect("preprocess web");
+        let subgroups = on(defines, "SUBGROUPS");
+        assert_eq!(web.lines().any(|l| l == "enable subgroups;"), subgroups, "{name} {defines:?} (web)");
+        assert_eq!(web.lines().any(|l| l == "enable f16;"), on(defines, "F16"), "{name} {defines:?} (web)");
+        let body: String = web.lines().filter(|l| *l != "enable subgroups;").map(|l| format!("{l}\n")).collect();
+        validate(&format!("{name} {defines:?} (web)"), &body, defines);
+        subgroup_variants += subgroups as usize;
     }
-    println!("validated {} shader variants", variants.len());
+    assert!(subgroup_variants > 0, "no kernel has a subgroup variant");
+    println!("validated {} shader variants for both targets, {subgroup_variants} with subgroups", variants.len());
 }
 
 #[test]

@@ -3,6 +3,10 @@
 //!
 //! Two pipelines per format and epilogue: a matrix-vector one for decode (one token per workgroup) and a tiled
 //! one for prompts (up to [`TOKENS`] tokens per workgroup, so weights are read once per tile, not per token).
+//!
+//! Decode shapes with several threads per row reduce their partial sums with `subgroupAdd` when the device has
+//! subgroups ([`subgroups_for`], [`reduces_with_subgroups`]), through workgroup memory otherwise;
+//! `PERSONASCOPE_NO_SUBGROUPS=1` forces the portable reduction natively.
 
 use crate::kernel::{uniform, Kernel};
 use crate::quant::{GpuMatrix, GpuPart, PackedFormat};
@@ -74,8 +78,19 @@ pub const CPU_DECODE: Shape = Shape { rows: 64, tpr: 1, tokens: 1 };
 /// Prompts on CPU adapters.
 pub const CPU_PROMPT: Shape = Shape { rows: 64, tpr: 1, tokens: TOKENS };
 
-/// The (decode, prompt) shapes [`Matmul::new`] picks for `gpu`: coalesced rows on GPUs, a thread per row on CPUs.
+/// The environment variable that overrides the adapter-based choice of [`shapes_for`]: `gpu` or `cpu`. A
+/// diagnostic: with `gpu` a CPU adapter (lavapipe) runs the shapes real GPUs run, subgroup reduction included.
+pub const SHAPES_ENV: &str = "PERSONASCOPE_MATMUL_SHAPES";
+
+/// The (decode, prompt) shapes [`Matmul::new`] picks for `gpu`: coalesced rows on GPUs, a thread per row on CPUs
+/// (unless [`SHAPES_ENV`] says otherwise).
 pub fn shapes_for(gpu: &Gpu) -> (Shape, Shape) {
+    #[cfg(not(target_arch = "wasm32"))]
+    match std::env::var(SHAPES_ENV).as_deref().map(str::trim) {
+        Ok("gpu") => return (DECODE, PROMPT),
+        Ok("cpu") => return (CPU_DECODE, CPU_PROMPT),
+        _ => {}
+    }
     if gpu.adapter.device_type == wgpu::DeviceType::Cpu {
         (CPU_DECODE, CPU_PROMPT)
     } else {
@@ -86,27 +101,74 @@ pub fn shapes_for(gpu: &Gpu) -> (Shape, Shape) {
 /// Most workgroups per dispatch dimension (WebGPU default limit).
 const MAX_GROUPS: u32 = 65_535;
 
-pub fn defines(format: PackedFormat, epilogue: Epilogue, shape: Shape) -> Defines {
+/// The smallest subgroup size WebGPU allows an adapter to report; used when an adapter reports less (or nothing).
+pub const MIN_SUBGROUP_SIZE: u32 = 4;
+
+/// The environment variable that, set to `1`, keeps the portable (workgroup-memory) reduction on a device with
+/// subgroups: to compare the two, or to rule out a driver's subgroup bug.
+pub const NO_SUBGROUPS_ENV: &str = "PERSONASCOPE_NO_SUBGROUPS";
+
+/// The smallest subgroup size of `gpu` when its matmuls should reduce with subgroups: the device has the feature
+/// and [`NO_SUBGROUPS_ENV`] is not `1`. `None` means the portable reduction.
+pub fn subgroups_for(gpu: &Gpu) -> Option<u32> {
+    #[cfg(not(target_arch = "wasm32"))]
+    if std::env::var(NO_SUBGROUPS_ENV).is_ok_and(|v| v.trim() == "1") {
+        return None;
+    }
+    gpu.caps.subgroups.then(|| subgroup_min(gpu))
+}
+
+/// The smallest subgroup size `gpu` may run a pipeline with.
+fn subgroup_min(gpu: &Gpu) -> u32 {
+    gpu.adapter.subgroup_min_size.max(MIN_SUBGROUP_SIZE)
+}
+
+/// Whether a pipeline of `shape` reduces with subgroups when they are offered: only decode shapes with several
+/// threads per row. One thread per row has nothing to reduce, and the reduction costs ROWS x TOKENS subgroupAdds
+/// per invocation (each row masked in turn, so that no lane layout is assumed): 4 for decode, 32 for a prompt tile
+/// of 8 tokens, more than the workgroup-memory sum they would replace.
+pub fn reduces_with_subgroups(shape: Shape) -> bool {
+    shape.tpr > 1 && shape.tokens == 1
+}
+
+/// The defines of one pipeline. `subgroup_min` (the device's smallest subgroup size) selects the subgroup
+/// reduction where [`reduces_with_subgroups`] `shape`; it is ignored otherwise.
+pub fn defines(format: PackedFormat, epilogue: Epilogue, shape: Shape, subgroup_min: Option<u32>) -> Defines {
     let flag = |b: bool| if b { "1" } else { "0" }.to_string();
+    let wg = shape.rows * shape.tpr;
+    let subgroup_min = subgroup_min.filter(|_| reduces_with_subgroups(shape)).map(|m| m.max(1));
+    // Subgroups per workgroup are at most WG / the smallest size; one value per subgroup and (row, token) is kept.
+    let slots = subgroup_min.map_or(wg, |m| wg.div_ceil(m));
     let mut d = format.defines();
     d.insert("ROWS", shape.rows.to_string());
     d.insert("TPR", shape.tpr.to_string());
-    d.insert("WG", (shape.rows * shape.tpr).to_string());
+    d.insert("WG", wg.to_string());
     d.insert("TOKENS", shape.tokens.to_string());
-    d.insert("PARTIALS", (shape.rows * shape.tpr * shape.tokens).to_string());
     d.insert("SOLO", flag(shape.tpr == 1));
+    d.insert("SUBGROUPS", flag(subgroup_min.is_some()));
+    d.insert("SLOTS", slots.to_string());
+    d.insert("WHOLE", flag(subgroup_min.is_some_and(|m| wg <= m)));
+    // Workgroup memory: a value per thread and token, or with subgroups a value per subgroup, row and token.
+    let partials = if subgroup_min.is_some() { slots * shape.rows } else { wg } * shape.tokens;
+    d.insert("PARTIALS", partials.to_string());
     d.insert("BIAS", flag(epilogue.bias));
     d.insert("ACCUMULATE", flag(epilogue.accumulate));
     d
 }
 
-/// Every format x epilogue x {decode, prompt} x {GPU, CPU adapter}.
+/// Every format x epilogue x {decode, prompt} x {GPU, CPU adapter}, and each shape that [`reduces_with_subgroups`]
+/// also with subgroups: several per workgroup (the smallest size WebGPU allows) and one per workgroup.
 pub fn variants() -> Vec<Defines> {
     let mut v = Vec::new();
     for format in PackedFormat::ALL {
         for (bias, accumulate) in [(false, false), (true, false), (false, true), (true, true)] {
+            let epilogue = Epilogue { bias, accumulate };
             for shape in [DECODE, PROMPT, CPU_DECODE, CPU_PROMPT] {
-                v.push(defines(format, Epilogue { bias, accumulate }, shape));
+                v.push(defines(format, epilogue, shape, None));
+                if reduces_with_subgroups(shape) {
+                    v.push(defines(format, epilogue, shape, Some(MIN_SUBGROUP_SIZE)));
+                    v.push(defines(format, epilogue, shape, Some(shape.rows * shape.tpr)));
+                }
             }
         }
     }
@@ -134,17 +196,20 @@ pub struct Matmul {
     prompt_shape: Shape,
     decode: Kernel,
     prompt: Kernel,
+    /// Whether the (decode, prompt) pipelines reduce with subgroups.
+    subgroups: (bool, bool),
 }
 
 impl Matmul {
-    /// The kernel for `format` and `epilogue`, with the workgroup shapes of [`shapes_for`] `gpu`.
+    /// The kernel for `format` and `epilogue`, with the workgroup shapes of [`shapes_for`] `gpu` and the reduction
+    /// of [`subgroups_for`] `gpu`.
     pub async fn new(gpu: &Gpu, format: PackedFormat, epilogue: Epilogue) -> Result<Self> {
         let (decode, prompt) = shapes_for(gpu);
         Self::with_shapes(gpu, format, epilogue, decode, prompt).await
     }
 
-    /// With other workgroup shapes than the defaults (tests, benchmarks). Shapes outside [`variants`] compile but
-    /// are not validated by the naga test.
+    /// With other workgroup shapes than the defaults (tests, benchmarks), the reduction of [`subgroups_for`] `gpu`.
+    /// Shapes outside [`variants`] compile but are not validated by the naga test.
     pub async fn with_shapes(
         gpu: &Gpu,
         format: PackedFormat,
@@ -152,19 +217,50 @@ impl Matmul {
         decode_shape: Shape,
         prompt_shape: Shape,
     ) -> Result<Self> {
+        let subgroups = subgroups_for(gpu).is_some();
+        Self::with_options(gpu, format, epilogue, decode_shape, prompt_shape, subgroups).await
+    }
+
+    /// As [`Matmul::with_shapes`], with the reduction chosen by the caller: `subgroups` on a device without the
+    /// feature is an error, never a silent fall back (tests rely on that).
+    pub async fn with_options(
+        gpu: &Gpu,
+        format: PackedFormat,
+        epilogue: Epilogue,
+        decode_shape: Shape,
+        prompt_shape: Shape,
+        subgroups: bool,
+    ) -> Result<Self> {
         for s in [decode_shape, prompt_shape] {
             if s.rows == 0 || s.tpr == 0 || s.tokens == 0 || s.rows * s.tpr > 256 {
                 return Err(GpuError::Unsupported(format!("matmul workgroup shape {s:?}")));
             }
         }
+        if subgroups && !gpu.caps.subgroups {
+            return Err(GpuError::Unsupported(format!(
+                "subgroup matmul on {}, which has no subgroups",
+                gpu.describe()
+            )));
+        }
+        let min = subgroups.then(|| subgroup_min(gpu));
         Ok(Matmul {
             format,
             epilogue,
             decode_shape,
             prompt_shape,
-            decode: Kernel::new(gpu, "matmul", &defines(format, epilogue, decode_shape), "main").await?,
-            prompt: Kernel::new(gpu, "matmul", &defines(format, epilogue, prompt_shape), "main").await?,
+            decode: Kernel::new(gpu, "matmul", &defines(format, epilogue, decode_shape, min), "main").await?,
+            prompt: Kernel::new(gpu, "matmul", &defines(format, epilogue, prompt_shape, min), "main").await?,
+            subgroups: (
+                subgroups && reduces_with_subgroups(decode_shape),
+                subgroups && reduces_with_subgroups(prompt_shape),
+            ),
         })
+    }
+
+    /// Whether the (decode, prompt) pipelines were compiled with the subgroup reduction (only shapes that
+    /// [`reduces_with_subgroups`] ever are).
+    pub fn subgroups(&self) -> (bool, bool) {
+        self.subgroups
     }
 
     /// The uniform for part `part` of `m` and `n_tokens` tokens. Errors on a part that does not exist, a format
