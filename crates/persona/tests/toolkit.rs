@@ -309,10 +309,11 @@ fn screening_skips_a_sample_longer_than_the_context_and_goes_on() {
     assert!(s.skipped[0].1.contains("256"), "{}", s.skipped[0].1);
     assert_eq!(s.scores.iter().map(|x| x.line).collect::<Vec<_>>(), vec![2]);
     // The GPU's mean projection equals the CPU's.
-    let c = pollster::block_on(screen::screen(&mut CpuBackend::new(cpu()), v, &parsed.samples[1..], &opts, &mut |_| {
-        Flow::Continue
-    }))
-    .expect("cpu screen");
+    let c =
+        pollster::block_on(screen::screen(&mut CpuBackend::new(cpu()), v, &parsed.samples[1..], &opts, &mut |_| {
+            Flow::Continue
+        }))
+        .expect("cpu screen");
     let (a, b) = (s.scores[0].projection, c.scores[0].projection);
     assert!((a - b).abs() < 1e-3 * b.abs().max(1.0), "gpu {a} cpu {b}");
 }
