@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use personascope_gpu::GpuModel;
 use personascope_model::{Flow, Model, SamplingParams, Steering};
-use personascope_persona::backend::{Backend, CpuBackend, GpuBackend, Pass, Reply};
+use personascope_persona::backend::{Backend, CpuBackend, GpuBackend, Reply};
 use personascope_persona::monitor::{self, Reading};
 use personascope_persona::steer::{self, SteerSpec};
 use personascope_persona::vector_file::{self, TraitVector};
@@ -584,17 +584,6 @@ fn generate_on(
     let steering = persona.steering(prompt.len())?;
     let layers = b.config().n_layers + 1;
     let monitor: Vec<Vec<Option<Vec<f32>>>> = persona.monitor.iter().map(|(_, r)| r.monitor_row(layers)).collect();
-    let prompt_scores = if persona.monitor.is_empty() {
-        Vec::new()
-    } else {
-        let out = pollster::block_on(b.pass(&Pass { tokens: prompt, steer: &steering, ..Default::default() }))
-            .map_err(err)?;
-        persona
-            .monitor
-            .iter()
-            .map(|(_, r)| r.token_score(out.last.get(r.layer).map_or(f32::NAN, |h| stats::dot(h, &r.unit))))
-            .collect()
-    };
     let reply = pollster::block_on(b.generate(prompt, max_tokens, params, &steering, &monitor, &mut |_, t, _| {
         on_text(t);
         Flow::Continue
@@ -612,6 +601,14 @@ fn generate_on(
                     r.token_score(per_trait.get(t).and_then(|l| l.get(r.layer)).copied().unwrap_or(f32::NAN))
                 })
                 .collect()
+        })
+        .collect();
+    let prompt_scores = persona
+        .monitor
+        .iter()
+        .enumerate()
+        .map(|(t, (_, r))| {
+            r.token_score(reply.prompt_scores.get(t).and_then(|l| l.get(r.layer)).copied().unwrap_or(f32::NAN))
         })
         .collect();
     Ok(PersonaReply { reply, prompt_scores, token_scores })

@@ -860,6 +860,9 @@ pub struct GpuGeneration {
     pub stop: personascope_model::StopReason,
     /// Projection scores [token][trait][residual index] of every generated token (empty without a monitor).
     pub scores: Vec<Vec<Vec<f32>>>,
+    /// Projection scores [trait][residual index] of the last prompt token, from the prefill (empty without a
+    /// monitor): the pre-generation reading, at the cost of one small read-back.
+    pub prompt_scores: Vec<Vec<f32>>,
 }
 
 impl GpuModel {
@@ -880,6 +883,7 @@ impl GpuModel {
         params.validate()?;
         self.reset();
         self.prefill(prompt_ids).await?;
+        let prompt_scores = if self.monitor.is_some() { self.read_scores().await? } else { Vec::new() };
         let stop_ids = self.tokenizer.stop_ids().to_vec();
         let tokenizer = self.tokenizer.clone();
         let mut stream = tokenizer.stream();
@@ -910,7 +914,7 @@ impl GpuModel {
             }
         };
         text.push_str(&stream.finish());
-        Ok(GpuGeneration { prompt_ids: prompt_ids.to_vec(), ids, text, stop, scores })
+        Ok(GpuGeneration { prompt_ids: prompt_ids.to_vec(), ids, text, stop, scores, prompt_scores })
     }
 }
 

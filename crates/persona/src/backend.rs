@@ -55,6 +55,9 @@ pub struct Reply {
     pub stop: StopReason,
     /// Projection scores `[token][trait][residual index]` of every generated token (empty without monitoring).
     pub scores: Vec<Vec<Vec<f32>>>,
+    /// The pre-generation reading: scores `[trait][residual index]` of the last prompt token, from the prompt's own
+    /// pass under the same steering (empty without monitoring).
+    pub prompt_scores: Vec<Vec<f32>>,
 }
 
 /// Unit directions `[trait][residual index]` (None: not monitored there), as the engines take them.
@@ -282,9 +285,11 @@ impl Backend for CpuBackend<'_> {
         let model = self.model;
         let mut sampler = Sampler::new(params.clone())?;
         let mut steer = Steer(steer.to_vec());
-        let mut proj = personascope_model::Projection::new(monitor.to_vec(), prompt.len()..usize::MAX);
+        // From the last prompt token on: the prompt pass then yields the pre-generation reading.
+        let mut proj = personascope_model::Projection::new(monitor.to_vec(), prompt.len() - 1..usize::MAX);
         let mut cache = KvCache::default();
         let mut logits = model.forward(&mut cache, prompt, &mut (&mut steer, &mut proj), Logits::Last)?;
+        let prompt_scores = proj.scores.pop().map(|(_, s)| s).unwrap_or_default();
         let stop_ids = model.tokenizer.stop_ids().to_vec();
         let mut context = prompt.to_vec();
         let (mut ids, mut text, mut scores) = (Vec::new(), String::new(), Vec::new());
@@ -316,7 +321,7 @@ impl Backend for CpuBackend<'_> {
             }
         };
         text.push_str(&stream.finish());
-        Ok(Reply { ids, text, stop, scores })
+        Ok(Reply { ids, text, stop, scores, prompt_scores })
     }
 }
 
@@ -417,6 +422,6 @@ impl Backend for GpuBackend<'_> {
         g.set_monitor(&[])?;
         g.set_steering(&Steer::default())?;
         let r = result?;
-        Ok(Reply { ids: r.ids, text: r.text, stop: r.stop, scores: r.scores })
+        Ok(Reply { ids: r.ids, text: r.text, stop: r.stop, scores: r.scores, prompt_scores: r.prompt_scores })
     }
 }

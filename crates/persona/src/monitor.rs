@@ -5,6 +5,7 @@ use crate::backend::{Backend, Pass};
 use crate::error::{PersonaError, Result};
 use crate::stats;
 use crate::vector_file::{Calibration, TraitVector};
+use personascope_model::Flow;
 
 /// A neutral question with a plain answer (the built-in calibration and perplexity set).
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -34,6 +35,17 @@ pub async fn calibrate<B: Backend>(
     vector: &TraitVector,
     items: &[NeutralItem],
 ) -> Result<Calibration> {
+    calibrate_with_progress(backend, vector, items, &mut |_| Flow::Continue).await
+}
+
+/// [`calibrate`], reporting each neutral item done; `Flow::Stop` from `progress` cancels it
+/// ([`PersonaError::Cancelled`]): a calibration from part of the neutral set would mislead.
+pub async fn calibrate_with_progress<B: Backend>(
+    backend: &mut B,
+    vector: &TraitVector,
+    items: &[NeutralItem],
+    progress: &mut dyn FnMut(crate::extract::Progress) -> Flow,
+) -> Result<Calibration> {
     if items.is_empty() {
         return Err(PersonaError::Input("calibration needs at least one neutral item".into()));
     }
@@ -41,7 +53,10 @@ pub async fn calibrate<B: Backend>(
     let layers = units.len();
     let mut tokens_by_layer = vec![Vec::new(); layers];
     let mut means_by_layer = vec![Vec::new(); layers];
-    for item in items {
+    for (done, item) in items.iter().enumerate() {
+        if progress(crate::extract::Progress { done, total: items.len() }) == Flow::Stop {
+            return Err(PersonaError::Cancelled);
+        }
         let prompt = backend.chat_prompt(None, &item.question)?;
         let answer = backend.tokenizer().encode(&item.answer)?;
         let p = prompt.len();

@@ -115,6 +115,13 @@ fn backends_agree_on_a_pass_and_a_steered_generation() {
         assert!(a.is_finite() && b.is_finite());
         assert!(cpu_reply.scores[0][0][11].is_nan(), "unmonitored layers are NaN");
     }
+    // The pre-generation reading is the steered prompt pass's last token projected on the unit direction.
+    let pre = pollster::block_on(cb.pass(&Pass { tokens: &prompt, steer: &steer, ..Default::default() })).expect("pre");
+    let want = stats::dot(&pre.last[12], &dir) / stats::norm(&dir);
+    for (name, r) in [("cpu", &cpu_reply), ("gpu", &gpu_reply)] {
+        let got = r.prompt_scores[0][12];
+        assert!((got - want).abs() < 1e-3 * want.abs().max(1.0), "{name} prompt score {got}, pass says {want}");
+    }
 }
 
 #[test]

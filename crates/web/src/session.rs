@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use personascope_gpu::{AdapterChoice, EngineOptions, Gpu, GpuModel};
 use personascope_model::{Flow, Message, SamplingParams, Steering};
-use personascope_persona::backend::{Backend, GpuBackend, Pass};
+use personascope_persona::backend::{Backend, GpuBackend};
 use personascope_persona::monitor::{self, Reading};
 use personascope_persona::steer::{self, Positions};
 use personascope_persona::vector_file::{self, TraitVector};
@@ -225,6 +225,15 @@ impl Session {
         if messages.is_empty() {
             return Err("messages must not be empty".into());
         }
+        // The chat templates know these three; any other role would be rendered as if it were one of them.
+        if let Some((i, m)) =
+            messages.iter().enumerate().find(|(_, m)| !matches!(m.role.as_str(), "system" | "user" | "assistant"))
+        {
+            return Err(format!(
+                "message {i} has role {:?}; the roles are \"system\", \"user\" and \"assistant\"",
+                m.role
+            ));
+        }
         Ok(messages)
     }
 
@@ -309,19 +318,6 @@ impl Session {
         let steering = if o.unsteered { Vec::new() } else { self.steering_for(prompt.len())? };
         let layers = self.model.config.n_layers + 1;
         let monitor: Vec<Vec<Option<Vec<f32>>>> = self.monitor.iter().map(|(_, r)| r.monitor_row(layers)).collect();
-        // The pre-generation reading: the last prompt token, under the same steering.
-        let prompt_scores = if self.monitor.is_empty() {
-            Vec::new()
-        } else {
-            let out = GpuBackend::new(&mut self.model)
-                .pass(&Pass { tokens: &prompt, steer: &steering, ..Default::default() })
-                .await
-                .map_err(err)?;
-            self.monitor
-                .iter()
-                .map(|(_, r)| score_json(r, out.last.get(r.layer).map_or(f32::NAN, |h| stats::dot(h, &r.unit))))
-                .collect()
-        };
         let abort = self.abort.clone();
         let monitor_readings: Vec<Reading> = self.monitor.iter().map(|(_, r)| r.clone()).collect();
         let mut index = 0usize;
@@ -346,6 +342,8 @@ impl Session {
             .map_err(err)?;
         self.check("generating")?;
         let token_scores: Vec<Value> = reply.scores.iter().map(|s| self.scores_json(s)).collect();
+        // The pre-generation reading: the last prompt token, under the same steering.
+        let prompt_scores = if self.monitor.is_empty() { json!([]) } else { self.scores_json(&reply.prompt_scores) };
         Ok(json!({
             "ids": reply.ids,
             "text": reply.text,
@@ -474,9 +472,19 @@ impl Session {
         })
         .await
         .map_err(err)?;
-        on_progress(json!({ "stage": "calibrate", "done": 0, "total": 1 }));
         let mut v = ex.vector;
-        v.meta.calibration = Some(monitor::calibrate(&mut b, &v, &neutral(o.calibration_items)).await.map_err(err)?);
+        let abort = self.abort.clone();
+        let calibration = monitor::calibrate_with_progress(&mut b, &v, &neutral(o.calibration_items), &mut |p| {
+            on_progress(json!({ "stage": "calibrate", "done": p.done, "total": p.total }));
+            if abort.load(Ordering::SeqCst) {
+                Flow::Stop
+            } else {
+                Flow::Continue
+            }
+        })
+        .await
+        .map_err(err)?;
+        v.meta.calibration = Some(calibration);
         self.check("extracting")?;
         self.add_vector(v)
     }
@@ -524,7 +532,8 @@ impl Session {
     }
 
     /// Screens a JSONL dataset with vector `id`. Malformed lines are listed, not fatal; cancel keeps the scores so
-    /// far. Returns `{layer, method, cancelled, dataset_score, errors: [{line, message}], samples: [{line, prompt,
+    /// far. Returns `{layer, method, cancelled, dataset_score, errors: [{line, message}], skipped: [{line, message}]
+    /// (samples that could not be screened, e.g. too long), samples: [{line, prompt,
     /// response, score, projection, own_projection, z, rank}]}`.
     pub async fn screen(
         &mut self,
@@ -565,10 +574,13 @@ impl Session {
             parsed.errors.iter().map(|e| json!({ "line": e.line, "message": e.message })).collect();
         let Some(result) = result else {
             self.screened = Some(parsed);
-            return Ok(
-                json!({ "samples": [], "errors": errors, "cancelled": false, "dataset_score": null, "layer": null, "method": null }),
-            );
+            return Ok(json!({
+                "samples": [], "errors": errors, "skipped": [], "cancelled": false, "dataset_score": null,
+                "layer": null, "method": null,
+            }));
         };
+        let skipped: Vec<Value> =
+            result.skipped.iter().map(|(line, why)| json!({ "line": line, "message": why })).collect();
         let ranks: std::collections::HashMap<usize, usize> =
             result.ranked().iter().enumerate().map(|(i, s)| (s.line, i + 1)).collect();
         let samples: Vec<Value> = result
@@ -597,6 +609,7 @@ impl Session {
             "cancelled": result.cancelled,
             "dataset_score": result.dataset_score(),
             "errors": errors,
+            "skipped": skipped,
             "samples": samples,
         });
         self.screened = Some(parsed);
@@ -649,4 +662,20 @@ fn trait_from_json(json: &str) -> Result<TraitDefinition> {
 /// The built-in trait definitions.
 pub fn builtin_traits() -> Value {
     json!(personascope_persona::builtin())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Session;
+
+    #[test]
+    fn messages_need_known_roles_and_content() {
+        assert_eq!(Session::messages(r#"[{"role":"user","content":"Hi"}]"#).map(|m| m.len()), Ok(1));
+        let e = Session::messages(r#"[{"role":"user","content":"a"},{"role":"tool","content":"b"}]"#).unwrap_err();
+        assert!(e.contains("message 1") && e.contains("\"tool\""), "{e}");
+        assert!(Session::messages("[]").unwrap_err().contains("empty"));
+        let e = Session::messages(r#"[{"role":"user"}]"#).unwrap_err();
+        assert!(e.contains("content"), "{e}");
+        assert!(Session::messages("{").is_err());
+    }
 }
