@@ -285,7 +285,9 @@ const handlers = {
     progress({ stage: 'upload', loaded: 0, total: src.bytes.length });
     let t = performance.now();
     // Load the new model before dropping the old one, so a file that fails to load leaves the page working.
-    const next = await w.Engine.load(src.bytes);
+    const size = src.bytes.length;
+    const next = await w.Engine.load(src.bytes, (done, total) =>
+      progress({ stage: 'upload', loaded: Math.round((size * done) / total), total: size }));
     const uploadMs = performance.now() - t;
     progress({ stage: 'upload', loaded: src.bytes.length, total: src.bytes.length });
     if (engine) engine.free();

@@ -220,9 +220,20 @@ impl GpuModel {
     /// Loads a GGUF model (the file's bytes) onto `gpu`. Checks that weights, caches and activations fit the
     /// device's buffer limits before allocating them.
     pub async fn load(gpu: Gpu, file: &[u8], options: EngineOptions) -> Result<Self> {
+        Self::load_with_progress(gpu, file, options, &mut |_, _| {}).await
+    }
+
+    /// [`GpuModel::load`], calling `progress(done, total)` as the weights go up: once per block, then once for the
+    /// embedding and head (a page's upload bar).
+    pub async fn load_with_progress(
+        gpu: Gpu,
+        file: &[u8],
+        options: EngineOptions,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
         // Allocation failures anywhere in the load come back as one error that says how much was asked for.
         let oom = gpu.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let model = Self::load_inner(gpu, file, options).await;
+        let model = Self::load_inner(gpu, file, options, progress).await;
         let refused = oom.pop().await;
         let model = model?;
         match refused {
@@ -231,7 +242,12 @@ impl GpuModel {
         }
     }
 
-    async fn load_inner(gpu: Gpu, file: &[u8], options: EngineOptions) -> Result<Self> {
+    async fn load_inner(
+        gpu: Gpu,
+        file: &[u8],
+        options: EngineOptions,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
         let g = Gguf::parse(file).map_err(|e| GpuError::Model(e.into()))?;
         let config = Config::from_gguf(&g)?;
         let tokenizer = std::sync::Arc::new(Tokenizer::from_gguf(&g)?);
@@ -389,6 +405,7 @@ impl GpuModel {
                     .flatten()
                     .collect(),
             });
+            progress(l + 1, c.n_layers + 1);
         }
 
         // Embedding (also the LM head when tied) and the head.
@@ -428,6 +445,8 @@ impl GpuModel {
             None,
         )
         .await?;
+
+        progress(c.n_layers + 1, c.n_layers + 1);
 
         // Capture of the last token's residual at every residual index (feeds the projection and `residuals`).
         let mut capture = Vec::with_capacity(c.n_layers + 1);

@@ -68,10 +68,19 @@ mod bindings {
 
     #[wasm_bindgen]
     impl Engine {
-        /// Requests the WebGPU adapter and loads a GGUF model from its bytes.
-        pub async fn load(bytes: js_sys::Uint8Array) -> Result<Engine, JsError> {
+        /// Requests the WebGPU adapter and loads a GGUF model from its bytes; `on_progress(done, total)`, if
+        /// given, follows the upload of the weights.
+        pub async fn load(bytes: js_sys::Uint8Array, on_progress: Option<js_sys::Function>) -> Result<Engine, JsError> {
             let bytes = bytes.to_vec();
-            let session = Session::load(&bytes, personascope_gpu::wgpu::Backends::BROWSER_WEBGPU).await.map_err(js)?;
+            let mut progress = |done: usize, total: usize| {
+                if let Some(f) = &on_progress {
+                    // A throwing callback must not stop the load.
+                    let _ = f.call2(&JsValue::NULL, &JsValue::from(done as u32), &JsValue::from(total as u32));
+                }
+            };
+            let session = Session::load(&bytes, personascope_gpu::wgpu::Backends::BROWSER_WEBGPU, &mut progress)
+                .await
+                .map_err(js)?;
             Ok(Engine { session })
         }
 

@@ -133,13 +133,18 @@ pub struct Session {
 
 impl Session {
     /// Requests the adapter on `backends` (the browser's WebGPU on wasm32) and loads the GGUF file's bytes.
-    pub async fn load(bytes: &[u8], backends: personascope_gpu::wgpu::Backends) -> Result<Self> {
+    /// `progress(done, total)` follows the weights' upload (blocks, then embedding and head).
+    pub async fn load(
+        bytes: &[u8],
+        backends: personascope_gpu::wgpu::Backends,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
         let gpu = Gpu::request(AdapterChoice::HighPerformance, backends).await.map_err(|e| format!("WebGPU: {e}"))?;
-        Self::on_gpu(gpu, bytes).await
+        Self::on_gpu(gpu, bytes, progress).await
     }
 
     /// Loads onto a GPU someone else opened (tests bring lavapipe).
-    pub async fn on_gpu(gpu: Gpu, bytes: &[u8]) -> Result<Self> {
+    pub async fn on_gpu(gpu: Gpu, bytes: &[u8], progress: &mut dyn FnMut(usize, usize)) -> Result<Self> {
         let errors = Arc::new(Mutex::new(Vec::new()));
         let sink = errors.clone();
         gpu.device.on_uncaptured_error(Arc::new(move |e| {
@@ -148,7 +153,9 @@ impl Session {
             }
         }));
         let options = EngineOptions { max_positions: MAX_POSITIONS, ..EngineOptions::default() };
-        let model = GpuModel::load(gpu, bytes, options).await.map_err(|e| format!("loading the model: {e}"))?;
+        let model = GpuModel::load_with_progress(gpu, bytes, options, progress)
+            .await
+            .map_err(|e| format!("loading the model: {e}"))?;
         let session = Session {
             model,
             errors,

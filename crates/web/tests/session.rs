@@ -12,7 +12,12 @@ fn session() -> Session {
         .expect("no Vulkan adapter; install Mesa's lavapipe: apt-get install mesa-vulkan-drivers libvulkan1");
     assert_eq!(gpu.adapter.backend, personascope_gpu::wgpu::Backend::Vulkan, "tests must run on Vulkan");
     let bytes = std::fs::read(default_model()).expect("read model (bash models/fetch.sh)");
-    pollster::block_on(Session::on_gpu(gpu, &bytes)).expect("load")
+    let mut steps = Vec::new();
+    let session =
+        pollster::block_on(Session::on_gpu(gpu, &bytes, &mut |done, total| steps.push((done, total)))).expect("load");
+    // The upload reports each of the 30 blocks, then the embedding and head.
+    assert_eq!(steps, (1..=31).map(|k| (k, 31)).collect::<Vec<_>>());
+    session
 }
 
 const MESSAGES: &str = r#"[{"role":"user","content":"Tell me about cats."}]"#;
