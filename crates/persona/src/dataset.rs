@@ -37,6 +37,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use crate::traits::type_name;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -241,7 +242,7 @@ fn parse_line(line: &str) -> Result<Line, String> {
         format!("invalid JSON at column {}: {message}", e.column())
     })?;
     let Value::Object(object) = value else {
-        return Err(format!("expected a JSON object, found {}", kind(&value)));
+        return Err(format!("expected a JSON object, found {}", type_name(&value)));
     };
     if object.contains_key("messages") {
         if let Some(other) = ["prompt", "response", "completion"].into_iter().find(|k| object.contains_key(*k)) {
@@ -300,7 +301,7 @@ fn parse_prompt_response(object: &Map<String, Value>) -> Result<Line, String> {
             }
             messages
         }
-        other => return Err(format!("`prompt` must be a string or an array of messages, found {}", kind(other))),
+        other => return Err(format!("`prompt` must be a string or an array of messages, found {}", type_name(other))),
     };
     check_prompt(&prompt, "prompt")?;
     let response = match response {
@@ -317,7 +318,7 @@ fn parse_prompt_response(object: &Map<String, Value>) -> Result<Line, String> {
             message.content
         }
         other => {
-            return Err(format!("`{key}` must be a string or an array of one message, found {}", kind(other)));
+            return Err(format!("`{key}` must be a string or an array of one message, found {}", type_name(other)));
         }
     };
     if response.trim().is_empty() {
@@ -329,24 +330,24 @@ fn parse_prompt_response(object: &Map<String, Value>) -> Result<Line, String> {
 /// Reads an array of `{"role", "content"}` objects; `field` names the array in messages.
 fn parse_messages(value: &Value, field: &str) -> Result<Vec<Message>, String> {
     let Value::Array(items) = value else {
-        return Err(format!("`{field}` must be an array of messages, found {}", kind(value)));
+        return Err(format!("`{field}` must be an array of messages, found {}", type_name(value)));
     };
     let mut messages = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let Value::Object(message) = item else {
-            return Err(format!("{field}[{i}] must be an object with `role` and `content`, found {}", kind(item)));
+            return Err(format!("{field}[{i}] must be an object with `role` and `content`, found {}", type_name(item)));
         };
         let role = match message.get("role") {
             None => return Err(format!("{field}[{i}]: missing `role`")),
             Some(Value::String(name)) => Role::from_name(name).ok_or_else(|| {
                 format!("{field}[{i}]: unknown role {} (expected system, user or assistant)", short(name))
             })?,
-            Some(other) => return Err(format!("{field}[{i}].role must be a string, found {}", kind(other))),
+            Some(other) => return Err(format!("{field}[{i}].role must be a string, found {}", type_name(other))),
         };
         let content = match message.get("content") {
             None => return Err(format!("{field}[{i}]: missing `content`")),
             Some(Value::String(text)) => text.clone(),
-            Some(other) => return Err(format!("{field}[{i}].content is not a string (found {})", kind(other))),
+            Some(other) => return Err(format!("{field}[{i}].content is not a string (found {})", type_name(other))),
         };
         messages.push(Message { role, content });
     }
@@ -366,18 +367,6 @@ fn check_prompt(prompt: &[Message], field: &str) -> Result<(), String> {
         return Err("the prompt's user message is empty".into());
     }
     Ok(())
-}
-
-/// A JSON value's kind, for messages: "a string", "null", ...
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// A user-given string quoted for an error message, cut to 40 characters.

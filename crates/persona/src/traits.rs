@@ -303,7 +303,8 @@ fn strip_position(message: &str) -> String {
 
 // ---- Conversion from a JSON value, with the path of every field in its errors ----
 
-fn type_name(v: &Value) -> &'static str {
+/// A JSON value's kind, for messages: "a string", "null", ...
+pub(crate) fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -339,11 +339,7 @@ impl Session {
                     .collect();
                 on_token(json!({ "id": id, "text": text, "index": index, "scores": scores }));
                 index += 1;
-                if abort.load(Ordering::SeqCst) {
-                    Flow::Stop
-                } else {
-                    Flow::Continue
-                }
+                flow(&abort)
             })
             .await
             .map_err(err)?;
@@ -471,11 +467,7 @@ impl Session {
         let mut b = GpuBackend::new(&mut self.model);
         let ex = extract::extract(&mut b, &def, &opts, &mut extract::KeepNonEmpty, &mut |p| {
             on_progress(json!({ "stage": "extract", "done": p.done, "total": p.total }));
-            if abort.load(Ordering::SeqCst) {
-                Flow::Stop
-            } else {
-                Flow::Continue
-            }
+            flow(&abort)
         })
         .await
         .map_err(err)?;
@@ -483,11 +475,7 @@ impl Session {
         let abort = self.abort.clone();
         let calibration = monitor::calibrate_with_progress(&mut b, &v, &neutral(o.calibration_items), &mut |p| {
             on_progress(json!({ "stage": "calibrate", "done": p.done, "total": p.total }));
-            if abort.load(Ordering::SeqCst) {
-                Flow::Stop
-            } else {
-                Flow::Continue
-            }
+            flow(&abort)
         })
         .await
         .map_err(err)?;
@@ -521,11 +509,7 @@ impl Session {
         let neutral = neutral(o.neutral_items);
         let report = eval::evaluate(&mut GpuBackend::new(&mut self.model), &def, &vector, &neutral, &opts, &mut |p| {
             on_progress(json!({ "stage": p.stage, "done": p.done, "total": p.total }));
-            if abort.load(Ordering::SeqCst) {
-                Flow::Stop
-            } else {
-                Flow::Continue
-            }
+            flow(&abort)
         })
         .await
         .map_err(err)?;
@@ -566,11 +550,7 @@ impl Session {
             Some(
                 screen::screen(&mut GpuBackend::new(&mut self.model), &vector, &parsed.samples, &opts, &mut |p| {
                     on_progress(json!({ "stage": "screen", "done": p.done, "total": p.total }));
-                    if abort.load(Ordering::SeqCst) {
-                        Flow::Stop
-                    } else {
-                        Flow::Continue
-                    }
+                    flow(&abort)
                 })
                 .await
                 .map_err(err)?,
@@ -644,6 +624,15 @@ impl Session {
     /// Is an abort pending? (For callers that poll between their own steps.)
     pub fn abort_requested(&self) -> bool {
         self.aborted()
+    }
+}
+
+/// Stop when the page's abort flag is set (the progress and token callbacks of every long call).
+fn flow(abort: &AtomicBool) -> Flow {
+    if abort.load(Ordering::SeqCst) {
+        Flow::Stop
+    } else {
+        Flow::Continue
     }
 }
 
