@@ -1,9 +1,11 @@
-// Causal attention with grouped KV heads over the KV cache, for n query tokens at positions pos0..: token t sees
-// keys 0..pos0+t. One workgroup per (head, token). Keys go in tiles of WG: each thread scores one key of the tile,
+// Causal attention with grouped KV heads over the KV cache, for the n rows of a ragged batch: a row at position p
+// sees its sequence's keys 0..=p, which lie in two parts of the cache (the row table says where): positions below
+// prefix_len in a shared prefix's region from prefix_base, the rest in the sequence's own region from own_base.
+// One workgroup per (head, row). Keys go in tiles of WG: each thread scores one key of the tile,
 // then every thread runs the same online softmax (running max and sum) over the tile's scores and accumulates its
 // own output dims, so no scores buffer grows with the context and there is no final cross-thread combine. Scores
 // are double-buffered in workgroup memory: one barrier per tile.
-// Twin: personascope_model::ops::attention. Defines: WG (threads per workgroup), DPT (output dims per thread:
+// Twin: personascope_model::ops::Heads::attend (the same two parts). Defines: WG (threads per workgroup), DPT (output dims per thread:
 // head_dim <= WG * DPT).
 
 struct Params {
@@ -11,11 +13,33 @@ struct Params {
     n_heads: u32,
     n_kv_heads: u32,
     head_dim: u32,
-    pos0: u32,
     // 1 / sqrt(head_dim).
     scale: f32,
     _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
+}
+
+struct Row {
+    // Absolute position of the row's token in its sequence.
+    pos: u32,
+    seq: u32,
+    // Cache row its key and value were written to.
+    kv_row: u32,
+    // Cache row of the sequence's position prefix_len.
+    own_base: u32,
+    // Cache row of the prefix's position 0, and how many positions come from it.
+    prefix_base: u32,
+    prefix_len: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+fn key_row(r: Row, j: u32) -> u32 {
+    if (j < r.prefix_len) {
+        return r.prefix_base + j;
+    }
+    return r.own_base + (j - r.prefix_len);
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -23,6 +47,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> k_cache: array<vec4<f32>>; // [max_positions, n_kv_heads * head_dim]
 @group(0) @binding(3) var<storage, read> v_cache: array<f32>;       // [max_positions, n_kv_heads * head_dim]
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;     // [n, n_heads * head_dim]
+@group(0) @binding(5) var<storage, read> rows: array<Row>;          // [n]
 
 const WG: u32 = ${WG}u;
 const DPT: u32 = ${DPT}u;
@@ -45,7 +70,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     }
     workgroupBarrier();
 
-    let n_keys = p.pos0 + t + 1u;
+    let row = rows[t];
+    let n_keys = row.pos + 1u;
     // A large finite floor instead of -inf: WGSL implementations may assume no infinities.
     var m = -1e30;
     var l = 0.0;
@@ -54,7 +80,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     for (var start = 0u; start < n_keys; start += WG) {
         let cnt = min(WG, n_keys - start);
         if (lid < cnt) {
-            let kb = ((start + lid) * kv_dim + kv_off) / 4u;
+            let kb = (key_row(row, start + lid) * kv_dim + kv_off) / 4u;
             var s = vec4<f32>(0.0);
             for (var i = 0u; i < hd4; i++) {
                 s = fma(q_sh[i], k_cache[kb + i], s);
@@ -76,7 +102,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         for (var j = 0u; j < cnt; j++) {
             let e = exp(scores[buf + j] - m_new);
             l += e;
-            let vb = (start + j) * kv_dim + kv_off;
+            let vb = key_row(row, start + j) * kv_dim + kv_off;
             for (var i = 0u; i < DPT; i++) {
                 let d = lid + i * WG;
                 if (d < hd) {

@@ -1,6 +1,7 @@
-// RoPE on q and k in place for n tokens at positions pos0.., fused with the KV-cache write: the rotated k rows and
-// the (unrotated) v rows land in rows pos0..pos0+n of the layer's caches. One thread per element pair; workgroup
-// y is the token. Twin: personascope_model::ops::rope (plus the cache copy the CPU forward pass does).
+// RoPE on q and k in place for the n rows of a ragged batch, fused with the KV-cache write: each row's position and
+// the cache row its rotated k and (unrotated) v go to come from the row table (rows of many sequences, each with its
+// own positions and KV region). One thread per element pair; workgroup y is the row.
+// Twin: personascope_model::ops::rope per row (plus the cache append of the CPU forward pass).
 // Defines: WG (threads per workgroup).
 
 struct Params {
@@ -10,7 +11,7 @@ struct Params {
     head_dim: u32,
     // rope_dim / 2: the number of rotated pairs per head, the length of inv_freq.
     rope_half: u32,
-    pos0: u32,
+    _pad0: u32,
     // 0: pairs (2i, 2i+1) (GGUF llama); 1: pairs (i, i + rope_half) (NeoX / qwen2).
     halves: u32,
     // Positions are divided by this (linear RoPE scaling; 1 = none).
@@ -24,6 +25,19 @@ struct Params {
 @group(0) @binding(4) var<storage, read> inv_freq: array<f32>;      // [rope_half]
 @group(0) @binding(5) var<storage, read_write> k_cache: array<f32>; // [max_positions, n_kv_heads * head_dim]
 @group(0) @binding(6) var<storage, read_write> v_cache: array<f32>; // [max_positions, n_kv_heads * head_dim]
+@group(0) @binding(7) var<storage, read> rows: array<Row>;          // [n]
+
+// One row of a ragged batch (the engine's row table; see attention.wgsl for the key layout).
+struct Row {
+    pos: u32,
+    seq: u32,
+    kv_row: u32,
+    own_base: u32,
+    prefix_base: u32,
+    prefix_len: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
 
 // 2*pi split so that n * TWO_PI_A and n * TWO_PI_B are exact in f32 for |n| < 2^16 (angles up to about 4e5):
 // Cody-Waite reduction keeps sin/cos accurate at large positions, where the built-ins of some GPUs lose digits.
@@ -57,7 +71,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         a = j;
         b = j + p.rope_half;
     }
-    let pos = f32(p.pos0 + t) / p.linear_scale;
+    let row = rows[t];
+    let pos = f32(row.pos) / p.linear_scale;
     if (head < p.n_heads) {
         let base = (t * p.n_heads + head) * p.head_dim;
         if (j < p.rope_half) {
@@ -70,7 +85,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let kv_dim = p.n_kv_heads * p.head_dim;
     let off = (head - p.n_heads) * p.head_dim;
     let base = t * kv_dim + off;
-    let cache = (p.pos0 + t) * kv_dim + off;
+    let cache = row.kv_row * kv_dim + off;
     var r = vec2<f32>(k[base + a], k[base + b]);
     if (j < p.rope_half) {
         r = rotate(r.x, r.y, pos * inv_freq[j]);

@@ -1,5 +1,6 @@
 // Next-token choice on the GPU: greedy argmax, or a draw with repetition penalty, temperature, top-k and top-p,
-// from a logits row [vocab]. One workgroup of WG threads loops over the vocabulary. Twin:
+// from a logits row [vocab], for several sequences at once: workgroup y is the sequence, with its own Params, and its
+// WG threads loop over the vocabulary. Twin:
 // personascope_gpu::twins::sample (same thresholds, same integer arithmetic, same token).
 //
 // Everything that decides the token is exact integer arithmetic or correctly rounded f32 subtract / multiply, so
@@ -39,16 +40,21 @@ struct Params {
     // log2(e) / temperature.
     exp_scale: f32,
     repetition_penalty: f32,
-    _pad0: u32,
-    _pad1: u32,
+    // tokens[token_index] = the chosen token too (row of the next forward call).
+    token_index: u32,
+    // This sequence's scratch: work[work_offset .. + vocab].
+    work_offset: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
+// One Params per sequence sampled in this dispatch; workgroup y is the sequence.
+@group(0) @binding(0) var<storage, read> params: array<Params>;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
 @group(0) @binding(2) var<storage, read_write> ids: array<u32>;
-// Scratch [vocab]: the penalized logits (unused when the penalty is 1).
+// Scratch [sequences, vocab]: the penalized logits (unused when the penalty is 1).
 @group(0) @binding(3) var<storage, read_write> work: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<u32>;
+// The next forward call's input ids: tokens[token_index] = the chosen token.
+@group(0) @binding(5) var<storage, read_write> tokens: array<u32>;
 
 const STATUS_SAMPLED: u32 = 0u;
 const STATUS_GREEDY: u32 = 1u;
@@ -74,6 +80,7 @@ var<workgroup> h_n: array<array<atomic<u32>, ${WG}>, 2>;
 var<workgroup> h_lo: array<array<atomic<u32>, ${WG}>, 2>;
 var<workgroup> h_hi: array<array<atomic<u32>, ${WG}>, 2>;
 var<workgroup> res: array<u32, 8>;
+var<workgroup> shared_params: Params;
 var<private> hpass: u32;
 
 var<private> rounds: u32;
@@ -143,15 +150,15 @@ fn pcg(v: u32) -> u32 {
     return (w >> 22u) ^ w;
 }
 
-fn val(i: u32) -> f32 {
+fn val(p: Params, i: u32) -> f32 {
     if (p.repetition_penalty != 1.0) {
-        return work[i];
+        return work[p.work_offset + i];
     }
     return logits[p.logits_offset + i];
 }
 
 // Fixed-point 2^((x - max) * exp_scale); 2^24 at the max.
-fn weight(x: f32) -> u32 {
+fn weight(p: Params, x: f32) -> u32 {
     let t = (x - mx) * p.exp_scale;
     if (is_nan(bitcast<u32>(t)) || t <= -24.0) {
         return 0u;
@@ -208,8 +215,8 @@ fn sub64(a: vec2<u32>, b: vec2<u32>) -> vec2<u32> {
 // What a search sees of token i: (takes part, key, weight). Modes: 0 top-k by value (weight 1); 1 top-k ties at
 // kk by index (key ~i, so the lowest index is the largest key); 2 top-p by value over the top-k set; 3 top-p ties
 // at pk by index.
-fn elem(mode: u32, i: u32) -> vec3<u32> {
-    let x = val(i);
+fn elem(p: Params, mode: u32, i: u32) -> vec3<u32> {
+    let x = val(p, i);
     let b = bitcast<u32>(x);
     if (is_nan(b)) {
         return vec3<u32>(0u);
@@ -224,12 +231,12 @@ fn elem(mode: u32, i: u32) -> vec3<u32> {
         }
         case 2u: {
             if (in_k(i, k)) {
-                return vec3<u32>(1u, k, weight(x));
+                return vec3<u32>(1u, k, weight(p, x));
             }
         }
         default: {
             if (k == pk && in_k(i, k)) {
-                return vec3<u32>(1u, ~i, weight(x));
+                return vec3<u32>(1u, ~i, weight(p, x));
             }
         }
     }
@@ -248,7 +255,7 @@ struct Found {
 // F(hi0 + 1) < goal: each pass splits the range into 256 buckets (a histogram of counts and weights) and keeps
 // the bucket where F crosses goal, so 4 passes cover 32 bits. Histograms are double-buffered: a pass clears the
 // other one, so a pass needs two barriers. `on` false: nothing happens (the barriers still run).
-fn search(lid: u32, mode: u32, on: bool, lo0: u32, hi0: u32, at_lo0: Red, goal: vec2<u32>) -> Found {
+fn search(p: Params, lid: u32, mode: u32, on: bool, lo0: u32, hi0: u32, at_lo0: Red, goal: vec2<u32>) -> Found {
     var lo = lo0;
     var hi = hi0;
     var at_lo = at_lo0;
@@ -265,7 +272,7 @@ fn search(lid: u32, mode: u32, on: bool, lo0: u32, hi0: u32, at_lo0: Red, goal: 
         var am = vec2<u32>(0u);
         if (busy) {
             for (var i = lid; i < p.vocab; i += ${WG}u) {
-                let e = elem(mode, i);
+                let e = elem(p, mode, i);
                 if (e.x == 0u || e.y < lo) {
                     continue;
                 }
@@ -317,7 +324,12 @@ fn search(lid: u32, mode: u32, on: bool, lo0: u32, hi0: u32, at_lo0: Red, goal: 
 }
 
 @compute @workgroup_size(${WG})
-fn main(@builtin(local_invocation_index) lid: u32) {
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    // The sequence's parameters, made uniform across the workgroup: every branch on them below holds barriers.
+    if (lid == 0u) {
+        shared_params = params[wg.y];
+    }
+    let p = workgroupUniformLoad(&shared_params);
     let vocab = p.vocab;
     for (var j = lid; j < 257u; j += ${WG}u) {
         tab[j] = EXP2[j];
@@ -343,7 +355,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     }
     if (p.repetition_penalty != 1.0) {
         for (var i = lid; i < vocab; i += ${WG}u) {
-            work[i] = logits[p.logits_offset + i];
+            work[p.work_offset + i] = logits[p.logits_offset + i];
         }
         storageBarrier();
         // Duplicate ids write the same value (computed from the unpenalized logit), so each token is penalized
@@ -352,7 +364,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
             let id = ids[p.ctx_start + j];
             if (id < vocab) {
                 let l = logits[p.logits_offset + id];
-                work[id] = select(l * p.repetition_penalty, l / p.repetition_penalty, l > 0.0);
+                work[p.work_offset + id] = select(l * p.repetition_penalty, l / p.repetition_penalty, l > 0.0);
             }
         }
         storageBarrier();
@@ -366,7 +378,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     var tmx = 0u;
     var tmn = 0xffffffffu;
     for (var i = lid; i < vocab; i += ${WG}u) {
-        let b = bitcast<u32>(val(i));
+        let b = bitcast<u32>(val(p, i));
         if (is_nan(b)) {
             continue;
         }
@@ -390,7 +402,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     workgroupBarrier();
     var argmax = atomicLoad(&g_idx);
     // personascope_model::argmax returns 0 when logits[0] is NaN (nothing compares greater than it).
-    if (n_valid == 0u || is_nan(bitcast<u32>(val(0u)))) {
+    if (n_valid == 0u || is_nan(bitcast<u32>(val(p, 0u)))) {
         argmax = 0u;
     }
     let key_max = atomicLoad(&t_max);
@@ -404,12 +416,12 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     // Top-k: the largest key K with count(key >= K) >= k, then the lowest-index ties at K up to k tokens.
     if (p.greedy == 0u && p.top_k > 0u) {
         let on = p.top_k < n_valid;
-        let f = search(lid, 0u, on, key_min, key_max, Red(n_valid, vec2<u32>(n_valid, 0u)), vec2<u32>(p.top_k, 0u));
+        let f = search(p, lid, 0u, on, key_min, key_max, Red(n_valid, vec2<u32>(n_valid, 0u)), vec2<u32>(p.top_k, 0u));
         let ties = f.at_lo.n - f.at_hi1.n;
         let tie = on && f.at_lo.n > p.top_k;
         kk = f.lo;
         let need = p.top_k - f.at_hi1.n;
-        let fi = search(lid, 1u, tie, ~(vocab - 1u), 0xffffffffu, Red(ties, vec2<u32>(ties, 0u)), vec2<u32>(need, 0u));
+        let fi = search(p, lid, 1u, tie, ~(vocab - 1u), 0xffffffffu, Red(ties, vec2<u32>(ties, 0u)), vec2<u32>(need, 0u));
         if (!on) {
             kk = 0u;
         }
@@ -424,7 +436,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         var ml = vec2<u32>(0u);
         var cl = 0u;
         for (var i = lid; i < vocab; i += ${WG}u) {
-            let e = elem(2u, i);
+            let e = elem(p, 2u, i);
             cl += e.x;
             ml = add64(ml, vec2<u32>(e.z, 0u));
         }
@@ -435,11 +447,11 @@ fn main(@builtin(local_invocation_index) lid: u32) {
             goal = vec2<u32>(1u, 0u);
         }
         let on = ge64(total.m, goal);
-        let f = search(lid, 2u, on, max(kk, key_min), key_max, total, goal);
+        let f = search(p, lid, 2u, on, max(kk, key_min), key_max, total, goal);
         let tie = on && f.at_lo.n - f.at_hi1.n > 1u;
         pk = f.lo;
         let ties = Red(f.at_lo.n - f.at_hi1.n, sub64(f.at_lo.m, f.at_hi1.m));
-        let fi = search(lid, 3u, tie, ~(vocab - 1u), 0xffffffffu, ties, sub64(goal, f.at_hi1.m));
+        let fi = search(p, lid, 3u, tie, ~(vocab - 1u), 0xffffffffu, ties, sub64(goal, f.at_hi1.m));
         if (!on) {
             pk = 0u;
         }
@@ -456,13 +468,13 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         var ml = vec2<u32>(0u);
         var cl = 0u;
         for (var i = lid; i < vocab; i += ${WG}u) {
-            let x = val(i);
+            let x = val(p, i);
             let b = bitcast<u32>(x);
             if (!is_nan(b)) {
                 let k = tkey(b);
                 if (in_k(i, k) && in_p(i, k)) {
                     cl += 1u;
-                    ml = add64(ml, vec2<u32>(weight(x), 0u));
+                    ml = add64(ml, vec2<u32>(weight(p, x), 0u));
                 }
             }
         }
@@ -478,12 +490,12 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         if (ge64(goal, start) && !ge64(goal, add64(start, ml))) {
             var cum = start;
             for (var i = lid; i < vocab; i += ${WG}u) {
-                let x = val(i);
+                let x = val(p, i);
                 let b = bitcast<u32>(x);
                 if (!is_nan(b)) {
                     let k = tkey(b);
                     if (in_k(i, k) && in_p(i, k)) {
-                        let next = add64(cum, vec2<u32>(weight(x), 0u));
+                        let next = add64(cum, vec2<u32>(weight(p, x), 0u));
                         if (!ge64(goal, next)) {
                             chosen = i;
                             break;
@@ -510,5 +522,6 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         out[p.out_offset + 1u] = p.step;
         out[p.out_offset + 2u] = candidates;
         out[p.out_offset + 3u] = status;
+        tokens[p.token_index] = token;
     }
 }

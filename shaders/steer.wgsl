@@ -1,20 +1,15 @@
-// Steering at one residual index: x[row] += alpha_i * v_i for every active entry i whose position range
-// [start_i, end_i) holds the row's absolute position pos0 + row, entries applied in order (as
-// personascope_model::Steer adds them). Rows no entry covers are not written. Twin: personascope_gpu::twins::steer.
+// Steering at one residual index for the rows of a ragged batch: x[row] += alpha_i * v_i for every entry i of this
+// index that belongs to the row's sequence and whose position range [start_i, end_i) holds the row's position,
+// entries applied in order (as the CPU plan adds them). Rows no entry covers are not written.
+// Twin: personascope_gpu::twins::steer. The row count is word 0 of the lists buffer (the forward call's header).
 // One thread per element of a row; workgroups along y walk the rows. Defines: WG (threads per workgroup).
 
 struct Params {
-    rows: u32,
     d: u32,
-    // Absolute position of row 0.
-    pos0: u32,
-    // This layer's entries are entries[first .. first + count].
+    // This residual index's entries are entries[first .. first + count].
     first: u32,
     count: u32,
-    // Element offset of row 0 inside x.
-    x_offset: u32,
     _pad0: u32,
-    _pad1: u32,
 }
 
 struct Entry {
@@ -23,12 +18,30 @@ struct Entry {
     alpha: f32,
     start: u32,
     end: u32,
+    // Wave sequence the entry steers.
+    seq: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+struct Row {
+    pos: u32,
+    seq: u32,
+    kv_row: u32,
+    own_base: u32,
+    prefix_base: u32,
+    prefix_len: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> x: array<f32>;
 @group(0) @binding(2) var<storage, read> vectors: array<f32>;
 @group(0) @binding(3) var<storage, read> entries: array<Entry>;
+@group(0) @binding(4) var<storage, read> rows: array<Row>;
+@group(0) @binding(5) var<storage, read> lists: array<u32>;
 
 @compute @workgroup_size(${WG})
 fn main(
@@ -37,17 +50,18 @@ fn main(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let c = wg.x * ${WG}u + lid;
+    let n_rows = lists[0];
     if (c >= p.d) {
         return;
     }
-    for (var row = wg.y; row < p.rows; row += groups.y) {
-        let pos = p.pos0 + row;
-        let i = p.x_offset + row * p.d + c;
+    for (var r = wg.y; r < n_rows; r += groups.y) {
+        let row = rows[r];
+        let i = r * p.d + c;
         var v = x[i];
         var hit = false;
         for (var e = p.first; e < p.first + p.count; e++) {
             let en = entries[e];
-            if (pos >= en.start && pos < en.end) {
+            if (en.seq == row.seq && row.pos >= en.start && row.pos < en.end) {
                 v += en.alpha * vectors[en.offset + c];
                 hit = true;
             }

@@ -2,7 +2,7 @@
 //! prompt ids, top-20 logits, per-block residuals and greedy continuations, on the real SmolLM2-135M-Instruct
 //! and on a tiny synthetic qwen2 model with K-quant weights.
 
-use personascope_model::{argmax, Capture, Logits, Message, Model, NoHook};
+use personascope_model::{argmax, Logits, Message, Model, NoHook, Plan, PlanHook, Span};
 use personascope_tests::{default_model, f32s, golden_json, golden_path, rel_l2, u32s, worst_diffs};
 
 /// Top-20 logits: max |ours - ref| allowed, as a fraction of the reference's logit range over the vocabulary.
@@ -22,13 +22,15 @@ fn check_model(model: &Model, golden: &serde_json::Value) {
 
         // One prefill with every residual captured at the last prompt position.
         let last = ids.len() - 1;
-        let mut capture = Capture::all_layers(n, last..last + 1);
+        let plan = Plan { capture: Some(Span::all_layers(last..last + 1, n)), ..Default::default() };
+        let mut capture = PlanHook::new(&plan, None, n);
         let mut cache = model.new_cache();
         let logits = model.forward(&mut cache, &ids, &mut capture, Logits::Last).expect("forward");
+        let captured = capture.finish();
 
         for (l, want) in case["residuals"].as_array().expect("residuals").iter().enumerate() {
             let want = f32s(want);
-            let got = &capture.rows[l][0].1;
+            let got = &captured.captured[0].1[l];
             let err = rel_l2(got, &want);
             println!("case {ci} residual {l:>2}: rel err {err:.2e}");
             assert!(

@@ -3,7 +3,7 @@
 //! where it matters, on SmolLM2.
 
 use personascope_model::{
-    argmax, Capture, Logits, Model, NoHook, ResidualHook, Sampler, SamplingParams, Steer, Steering,
+    argmax, Logits, Model, NoHook, Plan, PlanHook, PlanOut, ResidualHook, Sampler, SamplingParams, Span, Steering,
 };
 use personascope_tests::{default_model, golden_path, rel_l2, worst_diffs};
 
@@ -84,6 +84,13 @@ fn hooks_see_every_residual_index_in_order() {
     assert_eq!(order.0, want);
 }
 
+/// Every residual of every position, under `steer`.
+fn all_rows(m: &Model, ids: &[u32], steer: Vec<Steering>) -> PlanOut {
+    let n = m.config.n_layers;
+    let plan = Plan { steer, capture: Some(Span::all_layers(0..usize::MAX, n)), ..Default::default() };
+    m.run_plan(ids, &plan, None).expect("plan")
+}
+
 #[test]
 fn steering_adds_alpha_v_at_its_layer_and_positions_only() {
     let m = tiny();
@@ -94,34 +101,26 @@ fn steering_adds_alpha_v_at_its_layer_and_positions_only() {
     let alpha = 1.5;
     let from = 4;
 
-    let mut base = Capture::all_layers(n, 0..usize::MAX);
-    m.forward(&mut m.new_cache(), &ids, &mut base, Logits::Last).expect("base");
+    let base = all_rows(&m, &ids, Vec::new());
+    let cap = all_rows(&m, &ids, vec![Steering { layer, vector: v.clone(), alpha, positions: from..usize::MAX }]);
+    assert_eq!(base.captured.len(), ids.len());
 
-    let steer = Steer(vec![Steering { layer, vector: v.clone(), alpha, positions: from..usize::MAX }]);
-    let mut steered = (steer, Capture::all_layers(n, 0..usize::MAX));
-    m.forward(&mut m.new_cache(), &ids, &mut steered, Logits::Last).expect("steered");
-    let cap = &steered.1;
-
-    // Below the steered layer nothing changes.
-    for l in 0..layer {
-        for (a, b) in base.rows[l].iter().zip(&cap.rows[l]) {
-            assert_eq!(a.1, b.1, "layer {l} changed below the steering layer");
+    for ((p, a), (q, b)) in base.captured.iter().zip(&cap.captured) {
+        assert_eq!(p, q);
+        // Below the steered layer nothing changes.
+        for l in 0..layer {
+            assert_eq!(a[l], b[l], "layer {l} changed below the steering layer");
         }
-    }
-    // At the layer: exactly + alpha v at positions >= from, untouched before.
-    for ((p, a), (_, b)) in base.rows[layer].iter().zip(&cap.rows[layer]) {
+        // At the layer: exactly + alpha v at positions >= from, untouched before.
         for i in 0..d {
-            let want = if *p >= from { a[i] + alpha * v[i] } else { a[i] };
-            assert!((b[i] - want).abs() <= 1e-6 * (1.0 + want.abs()), "layer {layer} pos {p} elem {i}");
+            let want = if *p >= from { a[layer][i] + alpha * v[i] } else { a[layer][i] };
+            assert!((b[layer][i] - want).abs() <= 1e-6 * (1.0 + want.abs()), "layer {layer} pos {p} elem {i}");
         }
-    }
-    // Above it, earlier positions are causally unaffected and later ones move.
-    let top = n;
-    for ((p, a), (_, b)) in base.rows[top].iter().zip(&cap.rows[top]) {
+        // Above it, earlier positions are causally unaffected and later ones move.
         if *p < from {
-            assert_eq!(a, b, "position {p} before the steering start changed");
+            assert_eq!(a[n], b[n], "position {p} before the steering start changed");
         } else {
-            assert!(rel_l2(b, a) > 1e-3, "position {p} did not move");
+            assert!(rel_l2(&b[n], &a[n]) > 1e-3, "position {p} did not move");
         }
     }
 }
@@ -135,10 +134,14 @@ fn steering_with_cache_equals_recompute_for_response_positions() {
     let p = ids.len();
     let layer = 12;
     let v: Vec<f32> = (0..m.config.d_model).map(|i| ((i % 5) as f32 - 2.0) * 0.2).collect();
-    let mk = || Steer(vec![Steering { layer, vector: v.clone(), alpha: 2.0, positions: p - 1..usize::MAX }]);
+    let plan = Plan {
+        steer: vec![Steering { layer, vector: v.clone(), alpha: 2.0, positions: p - 1..usize::MAX }],
+        ..Default::default()
+    };
+    let n = m.config.n_layers;
 
     let mut cache = m.new_cache();
-    let mut hook = mk();
+    let mut hook = PlanHook::new(&plan, None, n);
     let mut logits = m.forward(&mut cache, &ids, &mut hook, Logits::Last).expect("prefill");
     let mut seq = ids.clone();
     for _ in 0..4 {
@@ -146,7 +149,7 @@ fn steering_with_cache_equals_recompute_for_response_positions() {
         seq.push(next);
         logits = m.forward(&mut cache, &[next], &mut hook, Logits::Last).expect("decode");
     }
-    let full = m.forward(&mut m.new_cache(), &seq, &mut mk(), Logits::Last).expect("recompute");
+    let full = m.forward(&mut m.new_cache(), &seq, &mut PlanHook::new(&plan, None, n), Logits::Last).expect("recompute");
     let err = rel_l2(&logits, &full);
     assert!(err < SPLIT_REL_TOL, "cached vs recomputed steered logits: rel err {err:.2e}");
 
@@ -155,23 +158,26 @@ fn steering_with_cache_equals_recompute_for_response_positions() {
 }
 
 #[test]
-fn zero_alpha_is_identity_and_probe_sees_steered_stream() {
+fn zero_alpha_is_identity_and_reads_see_the_steered_stream() {
     let m = tiny();
     let ids = prompt(&m);
     let d = m.config.d_model;
-    let zero = Steer(vec![Steering { layer: 1, vector: vec![1.0; d], alpha: 0.0, positions: 0..usize::MAX }]);
-    let mut h = zero;
-    let a = m.forward(&mut m.new_cache(), &ids, &mut h, Logits::Last).expect("zero");
+    let zero = vec![Steering { layer: 1, vector: vec![1.0; d], alpha: 0.0, positions: 0..usize::MAX }];
+    let plan = Plan { steer: zero, ..Default::default() };
+    let n = m.config.n_layers;
+    let a = m.forward(&mut m.new_cache(), &ids, &mut PlanHook::new(&plan, None, n), Logits::Last).expect("zero");
     let b = m.forward(&mut m.new_cache(), &ids, &mut NoHook, Logits::Last).expect("none");
     assert_eq!(a, b);
 
-    let steer = Steer(vec![Steering { layer: 0, vector: vec![0.5; d], alpha: 1.0, positions: 0..usize::MAX }]);
-    let mut before = (Probe { layer: 0, seen: vec![] }, steer.clone());
-    let mut after = (steer, Probe { layer: 0, seen: vec![] });
-    m.forward(&mut m.new_cache(), &ids, &mut before, Logits::Last).expect("before");
-    m.forward(&mut m.new_cache(), &ids, &mut after, Logits::Last).expect("after");
-    for (x, y) in before.0.seen.iter().zip(&after.1.seen) {
-        assert!((y - x - 0.5).abs() < 1e-6, "hooks did not run in order");
+    // A plan's reads at the steered index see the stream after the steering, as a probe after it does.
+    let steer = vec![Steering { layer: 0, vector: vec![0.5; d], alpha: 1.0, positions: 0..usize::MAX }];
+    let steered = all_rows(&m, &ids, steer.clone());
+    let mut probe = Probe { layer: 0, seen: vec![] };
+    m.forward(&mut m.new_cache(), &ids, &mut probe, Logits::Last).expect("probe");
+    for (i, (_, rows)) in steered.captured.iter().enumerate() {
+        for (x, y) in probe.seen[i * d..(i + 1) * d].iter().zip(&rows[0]) {
+            assert!((y - x - 0.5).abs() < 1e-6, "the read did not see the steered row");
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use personascope_gguf::Gguf;
 use personascope_gpu::{AdapterChoice, EngineOptions, Gpu, GpuModel};
 use personascope_model::{
-    Capture, ChatTemplate, Logits, Message, Model, NoHook, SamplingParams, StopReason, Tokenizer,
+    ChatTemplate, Logits, Message, Model, NoHook, Plan, SamplingParams, Span, StopReason, Tokenizer,
 };
 use serde_json::json;
 use std::io::{BufRead, Write};
@@ -166,6 +166,12 @@ enum Command {
         /// Also report per-kernel GPU time from timestamp queries (GPU backend only).
         #[arg(long)]
         profile: bool,
+        /// Time the persona jobs instead: prompt-last and response-mode extraction, calibration, evaluation and
+        /// screening (cheap and projection difference) of one built-in trait.
+        #[arg(long)]
+        persona: bool,
+        #[command(flatten)]
+        persona_sizes: PersonaSizes,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -223,6 +229,29 @@ fn load(args: &ModelArgs) -> CliResult<Model> {
     load_path(&args.model)
 }
 
+/// Sizes of `bench --persona`.
+#[derive(Args, Debug, Clone)]
+struct PersonaSizes {
+    /// Built-in trait extracted, evaluated and screened for.
+    #[arg(long = "persona-trait", default_value = "impolite")]
+    trait_name: String,
+    /// Extraction and evaluation questions used (default: all).
+    #[arg(long = "persona-questions")]
+    questions: Option<usize>,
+    /// Instruction pairs used (default: all).
+    #[arg(long = "persona-pairs")]
+    pairs: Option<usize>,
+    /// Screening samples (from tests/data/screening).
+    #[arg(long = "persona-samples", default_value_t = 60)]
+    samples: usize,
+    /// Own-answer tokens in projection-difference screening.
+    #[arg(long = "persona-answer-tokens", default_value_t = 48)]
+    answer_tokens: usize,
+    /// Leave out response-mode extraction (the longest job).
+    #[arg(long = "persona-skip-response")]
+    skip_response: bool,
+}
+
 fn load_gpu(path: &Path) -> CliResult<GpuModel> {
     let gpu = Gpu::request_blocking(AdapterChoice::from_env(), personascope_gpu::wgpu::Backends::PRIMARY)
         .map_err(|e| e.to_string())?;
@@ -244,8 +273,7 @@ fn prompt_logits(args: &ModelArgs, messages: &Path) -> CliResult<(Vec<u32>, Vec<
         Backend::Gpu => {
             let mut g = load_gpu(&args.model)?;
             let ids = prompt_ids(&g.template, &g.tokenizer, messages)?;
-            pollster::block_on(g.prefill(&ids)).map_err(|e| e.to_string())?;
-            let logits = pollster::block_on(g.read_logits()).map_err(|e| e.to_string())?;
+            let logits = pollster::block_on(g.logits(&ids)).map_err(|e| e.to_string())?;
             Ok((ids, logits))
         }
     }
@@ -311,24 +339,35 @@ fn run(command: Command) -> CliResult<()> {
                     let m = load(&model)?;
                     let ids = prompt_ids(&m.template, &m.tokenizer, &messages)?;
                     let (last, n) = (ids.len() - 1, m.config.n_layers);
-                    let mut capture = Capture::new(n, 1..=n, last..last + 1);
-                    let mut cache = m.new_cache();
-                    m.forward(&mut cache, &ids, &mut capture, Logits::Last).map_err(|e| e.to_string())?;
-                    (1..=n).map(|l| capture.rows[l].iter().map(|(_, v)| l2(v)).sum()).collect()
+                    let span = Span { positions: last..last + 1, layers: (1..=n).collect() };
+                    let plan = Plan { capture: Some(span), ..Default::default() };
+                    let out = m.run_plan(&ids, &plan, None).map_err(|e| e.to_string())?;
+                    let rows = out.captured.first().map(|(_, r)| r).ok_or("no residuals came back")?;
+                    rows[1..].iter().map(|v| l2(v)).collect()
                 }
                 Backend::Gpu => {
                     let mut g = load_gpu(&model.model)?;
                     let ids = prompt_ids(&g.template, &g.tokenizer, &messages)?;
-                    pollster::block_on(g.prefill(&ids)).map_err(|e| e.to_string())?;
-                    let res = pollster::block_on(g.read_residuals()).map_err(|e| e.to_string())?;
+                    let res = pollster::block_on(g.residuals(&ids)).map_err(|e| e.to_string())?;
                     res[1..].iter().map(|v| l2(v)).collect()
                 }
             };
             print_json(&json!({ "norms": norms }));
             Ok(())
         }
-        Command::Bench { model, runs, profile, json } => {
+        Command::Bench { model, runs, profile, persona, persona_sizes: p, json } => {
             let report = match model.backend {
+                _ if persona => {
+                    let o = bench::PersonaBench {
+                        trait_name: p.trait_name,
+                        questions: p.questions,
+                        pairs: p.pairs,
+                        samples: p.samples,
+                        answer_tokens: p.answer_tokens,
+                        skip_response: p.skip_response,
+                    };
+                    bench::bench_persona_on(&model.model, model.backend == Backend::Gpu, &o)?
+                }
                 Backend::Cpu if profile => return Err("--profile needs --backend gpu (it reads GPU timestamps)".into()),
                 Backend::Cpu => bench::bench_cpu(&model.model, runs.max(1))?,
                 Backend::Gpu => bench::bench_gpu(&model.model, runs.max(1), profile)?,

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use personascope_gpu::GpuModel;
-use personascope_model::{Flow, Model, SamplingParams, Steering};
-use personascope_persona::backend::{Backend, CpuBackend, GpuBackend, Reply};
+use personascope_model::schedule::{GenOut, GenSpec};
+use personascope_model::{CpuEngine, Flow, Model, Plan, SamplingParams, Steering};
+use personascope_persona::backend::{self, Backend};
 use personascope_persona::monitor::{self, Reading};
 use personascope_persona::steer::{self, SteerSpec};
 use personascope_persona::vector_file::{self, TraitVector};
@@ -52,11 +53,11 @@ macro_rules! with_backend {
     ($loaded:expr, |$b:ident| $body:expr) => {
         match $loaded {
             Loaded::Cpu(m) => {
-                let mut $b = CpuBackend::new(&**m);
+                let mut $b = CpuEngine::new(&**m);
                 $body
             }
             Loaded::Gpu(g) => {
-                let mut $b = GpuBackend::new(&mut **g);
+                let mut $b: &mut GpuModel = &mut **g;
                 $body
             }
         }
@@ -553,7 +554,7 @@ impl Persona {
 
 /// What a persona-aware generation returns.
 pub struct PersonaReply {
-    pub reply: Reply,
+    pub reply: GenOut,
     /// Per monitored trait: the score at the last prompt token.
     pub prompt_scores: Vec<monitor::Score>,
     /// `[token][trait]`.
@@ -581,14 +582,30 @@ fn generate_on(
     on_text: &mut dyn FnMut(&str),
 ) -> CliResult<PersonaReply> {
     persona.check(b)?;
-    let steering = persona.steering(prompt.len())?;
+    let steer = persona.steering(prompt.len())?;
     let layers = b.config().n_layers + 1;
-    let monitor: Vec<Vec<Option<Vec<f32>>>> = persona.monitor.iter().map(|(_, r)| r.monitor_row(layers)).collect();
-    let reply = pollster::block_on(b.generate(prompt, max_tokens, params, &steering, &monitor, &mut |_, t, _| {
-        on_text(t);
-        Flow::Continue
-    }))
+    let raw: Vec<Vec<Option<Vec<f32>>>> = persona.monitor.iter().map(|(_, r)| r.monitor_row(layers)).collect();
+    let monitor = (!raw.is_empty()).then(|| personascope_model::plan::units(&raw));
+    // From the last prompt token on: the prompt's own pass gives the pre-generation reading.
+    let project = monitor.as_ref().map(|_| prompt.len().saturating_sub(1)..usize::MAX);
+    let spec = GenSpec {
+        prompt: prompt.to_vec(),
+        max_tokens,
+        sampling: params.clone(),
+        plan: Plan { steer, project, ..Default::default() },
+    };
+    let mut replies = pollster::block_on(backend::generate(
+        b,
+        &[spec],
+        monitor,
+        &mut |t| {
+            on_text(t.text);
+            Flow::Continue
+        },
+        &mut |_| Flow::Continue,
+    ))
     .map_err(err)?;
+    let reply = replies.pop().ok_or("no reply")?;
     let token_scores = reply
         .scores
         .iter()

@@ -1,25 +1,30 @@
-//! The model on the GPU: weights uploaded once, every pipeline and bind group created at load, and a forward
-//! pass recorded into one command encoder per step with the persona operations inside it.
+//! The model on the GPU: weights uploaded once, every pipeline and bind group created at load, and forward calls
+//! over ragged batches of rows (many sequences, each with its own positions and KV rows) recorded into one command
+//! encoder each, with the persona operations of every sequence's plan inside the pass.
 //!
-//! Buffers (f32 unless noted; B = the prompt batch, tokens processed per submit):
+//! Buffers (f32 unless noted; B = rows per forward call, H = LM-head rows per chunk and most generating
+//! sequences per wave):
 //! - `x` [B, d] residual stream; `xn` [B, d] normed input of a sub-layer; `q`/`att` [B, n_heads*hd];
-//!   `k`/`v` [B, kv_dim]; `gate`/`up` [B, d_ff]; `last` [d] final-normed last row; `logits` [vocab].
-//! - `k_cache`/`v_cache` per block [max_positions, kv_dim]; `ids` (u32) [max_positions]: every token of the
-//!   sequence; the sampler writes the next token here and the next step's embedding gather reads it, so a
-//!   sampled id never has to travel through the CPU.
-//! - `capture` [N+1, d]: the last token's residual at every residual index (copied by the accumulate kernel);
-//!   `units` [T, N+1, d] and `mask`: monitored trait directions; `out` (u32): the sampler's record followed by
-//!   the projection scores [T, N+1], read back once per step with the token.
+//!   `k`/`v` [B, kv_dim]; `gate`/`up` [B, d_ff]; `tokens` (u32) [B] the call's input ids (the sampler writes them
+//!   for a decode step, so a sampled id never travels through the CPU before it is used);
+//! - `rows` [B] the row table and `lists` (u32) the call's hook lists ([`crate::rows`]);
+//! - per block a KV cache [max_positions, kv_dim], shared by the sequences of a wave (each has its own region);
+//! - `head_x`/`head_normed` [H, d] the rows whose logits are wanted, `logits` [H, vocab];
+//! - `history` (u32) every generating sequence's tokens (the repetition-penalty context); `work` [H, vocab] the
+//!   sampler's scratch; `out` the wave's results (captures, sums, projections, log-probabilities) followed by the
+//!   decode step's records and scores, read back once per wave and once per step.
 //!
-//! One decode step = sample (from the previous logits, writing ids[pos]) -> embed ids[pos] -> N blocks
-//! (rms_norm, q/k/v matmul (+bias), rope + KV write, attention, o matmul accumulating into x, rms_norm,
-//! gate/up matmul, silu_gate, down matmul accumulating into x, then steering and capture hooks) -> final norm of
-//! the last row -> LM head -> project scores; one submit, one small readback.
+//! One forward call = (sample) -> embed tokens -> hooks(0) -> per block (rms_norm, q/k/v matmul (+bias), rope + KV
+//! write, attention, o matmul accumulating into x, rms_norm, gate/up matmul, silu_gate, down matmul accumulating
+//! into x, hooks(l+1)) -> per head chunk (gather rows, final norm, LM head, log-probabilities); one submit.
+//! hooks(L) = steering, then captures, sums and projections, each one dispatch over every row of the call.
 
-use crate::kernel::{read_buffer, staging, storage, storage_f32, storage_zeroed, uniform};
+use crate::kernel::{staging, storage, storage_f32, storage_zeroed, uniform};
 use crate::kernels::accumulate::{self, Accumulate};
 use crate::kernels::attention::{self, Attention, AttentionShape};
 use crate::kernels::embed::{self, Embed};
+use crate::kernels::gather::{self, Gather};
+use crate::kernels::logprob::{self, Logprob};
 use crate::kernels::matmul::{self, Epilogue, Io, Matmul, MatmulBind};
 use crate::kernels::project::{self, Project};
 use crate::kernels::rms_norm::{self, RmsNorm};
@@ -29,40 +34,46 @@ use crate::kernels::silu_gate::{self, SiluGate};
 use crate::kernels::steer::{self, SteerKernel};
 use crate::profile::{Profiler, Rec};
 use crate::quant::{GpuMatrix, PackedFormat, PackedMatrix};
+use crate::rows::{Layout, List, Lists, Row};
 use crate::{Gpu, GpuError, Result};
 use personascope_gguf::Gguf;
-use personascope_model::{ops, ChatTemplate, Config, SamplingParams, Steer, Tokenizer};
+use personascope_model::{ops, ChatTemplate, Config, Tokenizer};
 use std::collections::HashMap;
 
 /// Sizes chosen by the embedder.
 #[derive(Debug, Clone, Copy)]
 pub struct EngineOptions {
-    /// KV-cache rows (the longest sequence); clamped to the model's context length.
+    /// KV-cache rows shared by the sequences of a wave (and so the longest sequence); clamped to the model's
+    /// context length.
     pub max_positions: usize,
-    /// Prompt tokens processed per submit.
+    /// Rows processed per forward call (per submit).
     pub batch: usize,
     /// Most trait vectors monitored at once.
     pub max_traits: usize,
+    /// LM-head rows computed at once, and the most sequences generating together.
+    pub head_rows: usize,
+    /// f32 values of results a wave may return (captures, sums, projections, log-probabilities).
+    pub out_floats: usize,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { max_positions: 2048, batch: 64, max_traits: 16 }
+        EngineOptions { max_positions: 2048, batch: 256, max_traits: 16, head_rows: 32, out_floats: 1 << 22 }
     }
 }
 
 /// A uniform buffer and the value it holds, rewritten only when the value changes.
-struct Uniform<T> {
-    buffer: wgpu::Buffer,
-    value: T,
+pub(crate) struct Uniform<T> {
+    pub buffer: wgpu::Buffer,
+    pub value: T,
 }
 
 impl<T: bytemuck::Pod + PartialEq> Uniform<T> {
-    fn new(gpu: &Gpu, label: &str, value: T) -> Self {
+    pub fn new(gpu: &Gpu, label: &str, value: T) -> Self {
         Uniform { buffer: uniform(gpu, label, &value), value }
     }
 
-    fn set(&mut self, gpu: &Gpu, value: T) {
+    pub fn set(&mut self, gpu: &Gpu, value: T) {
         if value != self.value {
             gpu.queue.write_buffer(&self.buffer, 0, bytemuck::bytes_of(&value));
             self.value = value;
@@ -71,15 +82,15 @@ impl<T: bytemuck::Pod + PartialEq> Uniform<T> {
 }
 
 /// A matrix product wired to its buffers: one bind group per row part.
-struct Product {
+pub(crate) struct Product {
     /// Shared with the embedding gather when the LM head is tied to it (uploaded once).
-    matrix: std::sync::Arc<GpuMatrix>,
-    kernel: (PackedFormat, Epilogue),
+    pub matrix: std::sync::Arc<GpuMatrix>,
+    pub kernel: (PackedFormat, Epilogue),
     /// Per part: uniform and bind group.
-    parts: Vec<(Uniform<matmul::Params>, MatmulBind)>,
+    pub parts: Vec<(Uniform<matmul::Params>, MatmulBind)>,
 }
 
-struct Block {
+pub(crate) struct Block {
     attn_norm: wgpu::BindGroup,
     ffn_norm: wgpu::BindGroup,
     q: Product,
@@ -96,21 +107,23 @@ struct Block {
     _buffers: Vec<wgpu::Buffer>,
 }
 
-struct Kernels {
-    rms_norm: RmsNorm,
-    rope: Rope,
-    attention: Attention,
-    silu: SiluGate,
-    sample: Sample,
-    project: Project,
-    steer: SteerKernel,
-    accumulate: Accumulate,
-    matmul: HashMap<(PackedFormat, bool, bool), Matmul>,
-    embed: HashMap<PackedFormat, Embed>,
+pub(crate) struct Kernels {
+    pub rms_norm: RmsNorm,
+    pub rope: Rope,
+    pub attention: Attention,
+    pub silu: SiluGate,
+    pub sample: Sample,
+    pub project: Project,
+    pub steer: SteerKernel,
+    pub accumulate: Accumulate,
+    pub gather: Gather,
+    pub logprob: Logprob,
+    pub matmul: HashMap<(PackedFormat, bool, bool), Matmul>,
+    pub embed: HashMap<PackedFormat, Embed>,
 }
 
-struct Buffers {
-    x: wgpu::Buffer,
+pub(crate) struct Buffers {
+    pub x: wgpu::Buffer,
     xn: wgpu::Buffer,
     q: wgpu::Buffer,
     k: wgpu::Buffer,
@@ -118,37 +131,65 @@ struct Buffers {
     att: wgpu::Buffer,
     gate: wgpu::Buffer,
     up: wgpu::Buffer,
-    last: wgpu::Buffer,
-    last_normed: wgpu::Buffer,
-    logits: wgpu::Buffer,
-    ids: wgpu::Buffer,
-    work: wgpu::Buffer,
-    capture: wgpu::Buffer,
-    sums: wgpu::Buffer,
-    out: wgpu::Buffer,
+    pub tokens: wgpu::Buffer,
+    pub rows: wgpu::Buffer,
+    pub lists: wgpu::Buffer,
+    pub head_x: wgpu::Buffer,
+    head_normed: wgpu::Buffer,
+    pub logits: wgpu::Buffer,
+    pub history: wgpu::Buffer,
+    pub work: wgpu::Buffer,
+    pub out: wgpu::Buffer,
+    /// Readback of the wave's results.
+    pub out_staging: wgpu::Buffer,
     /// Two, so that step k+1 can be in flight while step k's record is read.
-    staging: [wgpu::Buffer; 2],
+    pub step_staging: [wgpu::Buffer; 2],
+    pub sample_params: wgpu::Buffer,
 }
 
-/// Steering uploaded for the kernel: the vectors and entries, and per steered residual index its uniform and
-/// bind group.
-struct SteerState {
-    layers: Vec<(usize, steer::LayerEntries, Uniform<steer::Params>, wgpu::BindGroup)>,
-    _buffers: [wgpu::Buffer; 2],
+/// Steering of a wave uploaded for the kernel: per steered residual index its uniform and bind group.
+pub(crate) struct SteerState {
+    pub layers: Vec<(usize, Uniform<steer::Params>, wgpu::BindGroup)>,
+    pub _buffers: [wgpu::Buffer; 2],
 }
 
-struct MonitorState {
-    traits: usize,
-    params: Uniform<project::Params>,
-    bind: wgpu::BindGroup,
-    _buffers: [wgpu::Buffer; 2],
+/// The monitored directions of the current waves, and per residual index the projection's bind group.
+pub(crate) struct MonitorState {
+    pub units: std::sync::Arc<personascope_model::Units>,
+    pub packed: project::Packed,
+    pub traits: usize,
+    pub binds: Vec<(Uniform<project::Params>, wgpu::BindGroup)>,
+    pub _buffers: [wgpu::Buffer; 2],
 }
 
-/// A submitted decode step whose record is not read yet.
-struct Pending {
-    slot: usize,
-    bytes: u64,
-    submission: wgpu::SubmissionIndex,
+/// Per-call uniforms of one LM-head chunk.
+pub(crate) struct HeadChunk {
+    gather: (Uniform<gather::Params>, wgpu::BindGroup),
+    norm: (Uniform<rms_norm::Params>, wgpu::BindGroup),
+    lm_head: Product,
+    logprob: (Uniform<logprob::Params>, wgpu::BindGroup),
+}
+
+/// What one head chunk of a forward call computes.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ChunkPlan {
+    /// Rows gathered (LM-head rows).
+    pub rows: u32,
+    /// Logits row the chunk's first row lands in.
+    pub row0: u32,
+    /// Log-probabilities taken from it.
+    pub logprobs: u32,
+}
+
+/// One forward call as recorded.
+pub(crate) struct CallPlan {
+    pub rows: u32,
+    /// Blocks run.
+    pub blocks: usize,
+    /// Sequences sampled before the blocks (a decode step), 0 for none.
+    pub sample: u32,
+    pub lists: Lists,
+    pub chunks: Vec<ChunkPlan>,
 }
 
 /// What one decode step returns.
@@ -159,6 +200,19 @@ pub struct StepOut {
     pub scores: Vec<Vec<f32>>,
 }
 
+/// A recorder that counts the dispatches it records.
+pub(crate) struct Counted<'a> {
+    rec: Rec<'a>,
+    count: u64,
+}
+
+impl Counted<'_> {
+    fn run(&mut self, name: &'static str, f: impl FnOnce(&mut wgpu::ComputePass<'_>)) {
+        self.count += 1;
+        self.rec.run(name, f);
+    }
+}
+
 /// A model on the GPU.
 pub struct GpuModel {
     pub gpu: Gpu,
@@ -167,26 +221,31 @@ pub struct GpuModel {
     pub template: ChatTemplate,
     pub name: String,
     pub options: EngineOptions,
-    kernels: Kernels,
-    buffers: Buffers,
+    pub(crate) kernels: Kernels,
+    pub(crate) buffers: Buffers,
     embed: (std::sync::Arc<GpuMatrix>, Vec<(Uniform<embed::Params>, wgpu::BindGroup)>),
     blocks: Vec<Block>,
-    final_norm: (Uniform<rms_norm::Params>, wgpu::BindGroup),
-    lm_head: Product,
+    heads: Vec<HeadChunk>,
     norm_params: Uniform<rms_norm::Params>,
     rope_params: Uniform<rope::Params>,
     attention_params: Uniform<attention::Params>,
     silu_params: Uniform<silu_gate::Params>,
-    capture: Vec<(Uniform<accumulate::Params>, wgpu::BindGroup)>,
-    sample: (Uniform<sample::Params>, wgpu::BindGroup),
-    steer: Option<SteerState>,
-    monitor: Option<MonitorState>,
-    rope_shape: RopeShape,
-    attention_shape: AttentionShape,
-    /// Positions processed (the next token's position).
-    pos: usize,
+    /// Per residual index: the capture gather and the sum, reading their lists from the lists buffer.
+    capture: Vec<(Uniform<gather::Params>, wgpu::BindGroup)>,
+    sums: Vec<(Uniform<accumulate::Params>, wgpu::BindGroup)>,
+    sample_bind: wgpu::BindGroup,
+    pub(crate) steer: Option<SteerState>,
+    pub(crate) monitor: Option<MonitorState>,
+    pub(crate) rope_shape: RopeShape,
+    pub(crate) attention_shape: AttentionShape,
+    pub(crate) layout: Layout,
+    /// The wave being run (see `wave.rs`).
+    pub(crate) wave: crate::wave::WaveState,
     /// Bytes of GPU memory allocated for weights, caches and activations.
     pub gpu_bytes: u64,
+    /// Submits and dispatches recorded so far.
+    pub(crate) submits: u64,
+    pub(crate) dispatches: u64,
     _keep: Vec<wgpu::Buffer>,
 }
 
@@ -254,18 +313,26 @@ impl GpuModel {
         let template = ChatTemplate::from_gguf(&g)?;
         let name = g.get("general.name").and_then(|v| v.as_str()).unwrap_or(config.arch.name()).to_string();
         let c = config.clone();
+        let max_binding = gpu.max_binding();
+        let logits_row = (c.vocab_size * 4) as u64;
+        // The logits of H rows must fit one binding.
+        let head_cap = (max_binding / logits_row.max(1)).max(1) as usize;
+        let batch = options.batch.clamp(1, 512);
         let options = EngineOptions {
             max_positions: options.max_positions.clamp(1, c.context_length),
-            batch: options.batch.clamp(1, 512),
+            batch,
             max_traits: options.max_traits.clamp(1, 64),
+            head_rows: options.head_rows.clamp(1, 256).min(head_cap).min(batch),
+            out_floats: options.out_floats.clamp(1 << 16, (max_binding / 8) as usize),
         };
-        let (d, qd, kvd, ff, b) = (c.d_model, c.q_dim(), c.kv_dim(), c.d_ff, options.batch);
+        let (d, qd, kvd, ff, b, h) = (c.d_model, c.q_dim(), c.kv_dim(), c.d_ff, options.batch, options.head_rows);
+        let layers = c.n_layers + 1;
         let cache_bytes = (options.max_positions * kvd * 4) as u64;
-        if cache_bytes > gpu.max_binding() {
+        if cache_bytes > max_binding {
             return Err(GpuError::OutOfMemory {
                 what: format!("a KV cache of {} positions", options.max_positions),
                 needed: cache_bytes,
-                available: gpu.max_binding(),
+                available: max_binding,
             });
         }
         let mut gpu_bytes = 0u64;
@@ -280,11 +347,18 @@ impl GpuModel {
             project: Project::new(&gpu).await?,
             steer: SteerKernel::new(&gpu).await?,
             accumulate: Accumulate::new(&gpu).await?,
+            gather: Gather::new(&gpu).await?,
+            logprob: Logprob::new(&gpu).await?,
             matmul: HashMap::new(),
             embed: HashMap::new(),
         };
 
+        let chunks = b.div_ceil(h);
+        let layout = Layout { layers, chunks };
         let f = |n: usize| (n * 4) as u64;
+        let step_words = crate::wave::step_words(h, options.max_traits, layers);
+        let history = h * options.max_positions;
+        let lists_words = Lists::capacity(layout, b, b);
         let bufs = Buffers {
             x: storage_zeroed(&gpu, "x", f(b * d)),
             xn: storage_zeroed(&gpu, "xn", f(b * d)),
@@ -294,24 +368,21 @@ impl GpuModel {
             att: storage_zeroed(&gpu, "att", f(b * qd)),
             gate: storage_zeroed(&gpu, "gate", f(b * ff)),
             up: storage_zeroed(&gpu, "up", f(b * ff)),
-            last: storage_zeroed(&gpu, "last", f(d)),
-            last_normed: storage_zeroed(&gpu, "last normed", f(d)),
-            logits: storage_zeroed(&gpu, "logits", f(c.vocab_size)),
-            ids: storage_zeroed(&gpu, "ids", f(options.max_positions + 1)),
-            work: storage_zeroed(&gpu, "sample work", f(c.vocab_size)),
-            capture: storage_zeroed(&gpu, "capture", f((c.n_layers + 1) * d)),
-            sums: storage_zeroed(&gpu, "sums", f((c.n_layers + 1) * d)),
-            out: storage_zeroed(&gpu, "out", f(sample::OUT_WORDS as usize + options.max_traits * (c.n_layers + 1))),
-            staging: [0, 1].map(|i| {
-                staging(
-                    &gpu,
-                    &format!("out staging {i}"),
-                    f(sample::OUT_WORDS as usize + options.max_traits * (c.n_layers + 1)),
-                )
-            }),
+            tokens: storage_zeroed(&gpu, "tokens", f(b)),
+            rows: storage_zeroed(&gpu, "rows", (b * std::mem::size_of::<Row>()) as u64),
+            lists: storage_zeroed(&gpu, "lists", f(lists_words)),
+            head_x: storage_zeroed(&gpu, "head x", f(h * d)),
+            head_normed: storage_zeroed(&gpu, "head normed", f(h * d)),
+            logits: storage_zeroed(&gpu, "logits", f(h * c.vocab_size)),
+            history: storage_zeroed(&gpu, "history", f(history)),
+            work: storage_zeroed(&gpu, "sample work", f(h * c.vocab_size)),
+            out: storage_zeroed(&gpu, "out", f(options.out_floats + step_words)),
+            out_staging: staging(&gpu, "out staging", f(options.out_floats)),
+            step_staging: [0, 1].map(|i| staging(&gpu, &format!("step staging {i}"), f(step_words))),
+            sample_params: storage_zeroed(&gpu, "sample params", (h * std::mem::size_of::<sample::Params>()) as u64),
         };
-        gpu_bytes += f(b * (2 * d + 2 * qd + 2 * kvd + 2 * ff) + 2 * d + 2 * c.vocab_size + options.max_positions)
-            + f(2 * (c.n_layers + 1) * d);
+        gpu_bytes += f(b * (2 * d + 2 * qd + 2 * kvd + 2 * ff + 1 + 8) + lists_words + 2 * h * d)
+            + f(2 * h * c.vocab_size + history + 2 * options.out_floats + 3 * step_words);
 
         // Uniforms shared by every layer (all blocks have the same shapes); values are set per forward call.
         let norm_params =
@@ -331,8 +402,8 @@ impl GpuModel {
             head_dim: c.head_dim as u32,
             max_positions: options.max_positions as u32,
         };
-        let rope_params = Uniform::new(&gpu, "rope", rope::Params::new(&rope_shape, 0, 1)?);
-        let attention_params = Uniform::new(&gpu, "attention", attention::Params::new(&attention_shape, 0, 1)?);
+        let rope_params = Uniform::new(&gpu, "rope", rope::Params::new(&rope_shape, 1)?);
+        let attention_params = Uniform::new(&gpu, "attention", attention::Params::new(&attention_shape, 1)?);
         let silu_params = Uniform::new(&gpu, "silu", silu_gate::Params::new(ff as u32));
         let rope_freqs = match g.tensor("rope_freqs.weight") {
             Some(_) => Some(vector(&g, "rope_freqs.weight")?),
@@ -390,6 +461,7 @@ impl GpuModel {
                     &inv_freq,
                     &k_cache,
                     &v_cache,
+                    &bufs.rows,
                 ),
                 attention: kernels.attention.bind(
                     &gpu,
@@ -398,6 +470,7 @@ impl GpuModel {
                     &k_cache,
                     &v_cache,
                     &bufs.att,
+                    &bufs.rows,
                 ),
                 silu: kernels.silu.bind(&gpu, &silu_params.buffer, &bufs.gate, &bufs.up),
                 _buffers: [Some(attn_norm), Some(ffn_norm), bq, bk, bv, Some(k_cache), Some(v_cache)]
@@ -419,14 +492,10 @@ impl GpuModel {
         let mut embed_parts = Vec::new();
         for (i, part) in embed_matrix.parts.iter().enumerate() {
             let p = Uniform::new(&gpu, "embed", embed_kernel.params(&embed_matrix, i, 1, 0, 0, d as u32)?);
-            let bind = embed_kernel.bind(&gpu, &p.buffer, part, &bufs.ids, &bufs.x);
+            let bind = embed_kernel.bind(&gpu, &p.buffer, part, &bufs.tokens, &bufs.x);
             embed_parts.push((p, bind));
         }
         let output_norm = storage_f32(&gpu, "output_norm", &vector(&g, "output_norm.weight")?);
-        let final_norm_params =
-            Uniform::new(&gpu, "final norm", rms_norm::Params { rows: 1, cols: d as u32, eps: c.rms_eps, _pad: 0 });
-        let final_norm =
-            kernels.rms_norm.bind(&gpu, &final_norm_params.buffer, &bufs.last, &output_norm, &bufs.last_normed);
         let head = if c.tied_embeddings {
             embed_matrix.clone()
         } else {
@@ -434,44 +503,67 @@ impl GpuModel {
             gpu_bytes += m.gpu_bytes();
             std::sync::Arc::new(GpuMatrix::upload(&gpu, "output", &m)?)
         };
-        let lm_head = Self::product(
-            &gpu,
-            &mut kernels,
-            "lm_head",
-            head,
-            Epilogue { bias: false, accumulate: false },
-            &bufs.last_normed,
-            &bufs.logits,
-            None,
-        )
-        .await?;
-
+        // One set of uniforms per head chunk a forward call may have: each chunk's values differ within a call.
+        let mut heads = Vec::with_capacity(chunks);
+        for ci in 0..chunks {
+            let gp = Uniform::new(&gpu, "head gather", gather::Params {
+                d: d as u32,
+                dir: layout.dir(List::Head(ci)) as u32,
+                _pad: [0; 2],
+            });
+            let gb = kernels.gather.bind(&gpu, &gp.buffer, &bufs.x, &bufs.head_x, &bufs.lists);
+            let np = Uniform::new(&gpu, "head norm", rms_norm::Params { rows: 1, cols: d as u32, eps: c.rms_eps, _pad: 0 });
+            let nb = kernels.rms_norm.bind(&gpu, &np.buffer, &bufs.head_x, &output_norm, &bufs.head_normed);
+            let lm_head = Self::product(
+                &gpu,
+                &mut kernels,
+                "lm_head",
+                head.clone(),
+                Epilogue { bias: false, accumulate: false },
+                &bufs.head_normed,
+                &bufs.logits,
+                None,
+            )
+            .await?;
+            let lp = Uniform::new(&gpu, "logprob", logprob::Params {
+                vocab: c.vocab_size as u32,
+                dir: layout.dir(List::Logprob(ci)) as u32,
+                row0: 0,
+                _pad: 0,
+            });
+            let lb = kernels.logprob.bind(&gpu, &lp.buffer, &bufs.logits, &bufs.lists, &bufs.out);
+            heads.push(HeadChunk { gather: (gp, gb), norm: (np, nb), lm_head, logprob: (lp, lb) });
+        }
         progress(c.n_layers + 1, c.n_layers + 1);
 
-        // Capture of the last token's residual at every residual index (feeds the projection and `residuals`).
-        let mut capture = Vec::with_capacity(c.n_layers + 1);
-        for l in 0..=c.n_layers {
-            let p = accumulate::Params {
-                rows: 1,
+        // Captures and sums of every residual index, reading their lists from the lists buffer.
+        let mut capture = Vec::with_capacity(layers);
+        let mut sums = Vec::with_capacity(layers);
+        for l in 0..layers {
+            let p = Uniform::new(&gpu, "capture", gather::Params {
                 d: d as u32,
-                pos0: 0,
-                start: 0,
-                end: 0,
-                x_offset: 0,
-                sum_offset: (l * d) as u32,
-                capture_offset: (l * d) as u32,
-                capture_row: 0,
-                flags: accumulate::CAPTURE,
+                dir: layout.dir(List::Capture(l)) as u32,
                 _pad: [0; 2],
-            };
-            let u = Uniform::new(&gpu, "capture", p);
-            let bind = kernels.accumulate.bind(&gpu, &u.buffer, &bufs.x, &bufs.sums, &bufs.capture);
-            capture.push((u, bind));
+            });
+            let bind = kernels.gather.bind(&gpu, &p.buffer, &bufs.x, &bufs.out, &bufs.lists);
+            capture.push((p, bind));
+            let p = Uniform::new(&gpu, "sum", accumulate::Params {
+                d: d as u32,
+                dir: layout.dir(List::Sum(l)) as u32,
+                _pad: [0; 2],
+            });
+            let bind = kernels.accumulate.bind(&gpu, &p.buffer, &bufs.x, &bufs.out, &bufs.lists);
+            sums.push((p, bind));
         }
-        let sample_params =
-            Uniform::new(&gpu, "sample", sample::Params::new(&SamplingParams::greedy(), c.vocab_size as u32)?);
-        let sample_bind =
-            kernels.sample.bind(&gpu, &sample_params.buffer, &bufs.logits, &bufs.ids, &bufs.work, &bufs.out);
+        let sample_bind = kernels.sample.bind(
+            &gpu,
+            &bufs.sample_params,
+            &bufs.logits,
+            &bufs.history,
+            &bufs.work,
+            &bufs.out,
+            &bufs.tokens,
+        );
         keep.push(inv_freq);
         keep.push(output_norm);
 
@@ -486,20 +578,23 @@ impl GpuModel {
             buffers: bufs,
             embed: (embed_matrix, embed_parts),
             blocks,
-            final_norm: (final_norm_params, final_norm),
-            lm_head,
+            heads,
             norm_params,
             rope_params,
             attention_params,
             silu_params,
             capture,
-            sample: (sample_params, sample_bind),
+            sums,
+            sample_bind,
             steer: None,
             monitor: None,
             rope_shape,
             attention_shape,
-            pos: 0,
+            layout,
+            wave: Default::default(),
             gpu_bytes,
+            submits: 0,
+            dispatches: 0,
             _keep: keep,
         })
     }
@@ -529,124 +624,98 @@ impl GpuModel {
         let format = matrix.format;
         Ok(Product { matrix, kernel: (format, epilogue), parts })
     }
-}
 
-impl GpuModel {
-    /// Positions processed so far (the next token's position).
-    pub fn position(&self) -> usize {
-        self.pos
-    }
-
-    /// Forgets the sequence (the KV cache is overwritten from position 0).
-    pub fn reset(&mut self) {
-        self.pos = 0;
-    }
-
-    /// Steering applied from now on: `alpha * v` added after the residual index of each entry, for its positions
-    /// (the same semantics as the CPU [`Steer`] hook). An empty `Steer` turns steering off.
-    pub fn set_steering(&mut self, steer: &Steer) -> Result<()> {
+    /// Steering of the current wave, `(sequence, entry)` pairs (replacing the previous wave's).
+    pub(crate) fn upload_steering<'a>(
+        &mut self,
+        steering: impl IntoIterator<Item = (usize, &'a personascope_model::Steering)>,
+    ) {
         let c = &self.config;
-        if let Some(s) = steer.0.iter().find(|s| s.layer > c.n_layers || s.vector.len() != c.d_model) {
-            return Err(GpuError::Unsupported(format!(
-                "steering vector for residual index {} of length {} (model: indices 0..={}, width {})",
-                s.layer,
-                s.vector.len(),
-                c.n_layers,
-                c.d_model
-            )));
-        }
-        let packed = steer::pack(steer, c.d_model);
+        let packed = steer::pack(steering, c.d_model);
         if packed.entries.is_empty() {
             self.steer = None;
-            return Ok(());
+            return;
         }
         let vectors = storage_f32(&self.gpu, "steer vectors", &packed.vectors);
         let entries = storage(&self.gpu, "steer entries", bytemuck::cast_slice(&packed.entries));
         let mut layers = Vec::new();
         for le in &packed.layers {
-            let p = Uniform::new(&self.gpu, "steer", le.params(1, c.d_model as u32, 0, 0));
-            let bind = self.kernels.steer.bind(&self.gpu, &p.buffer, &self.buffers.x, &vectors, &entries);
-            layers.push((le.layer as usize, *le, p, bind));
+            let p = Uniform::new(&self.gpu, "steer", steer::Params {
+                d: c.d_model as u32,
+                first: le.first,
+                count: le.count,
+                _pad: 0,
+            });
+            let bind = self.kernels.steer.bind(
+                &self.gpu,
+                &p.buffer,
+                &self.buffers.x,
+                &vectors,
+                &entries,
+                &self.buffers.rows,
+                &self.buffers.lists,
+            );
+            layers.push((le.layer as usize, p, bind));
         }
         self.steer = Some(SteerState { layers, _buffers: [vectors, entries] });
-        Ok(())
     }
 
-    /// Trait directions monitored from now on: `vectors[t][l]` (raw; normalized here) at residual index l.
-    /// Every processed token's projections are returned with it. An empty list turns monitoring off.
-    pub fn set_monitor(&mut self, vectors: &[Vec<Option<Vec<f32>>>]) -> Result<()> {
-        let c = &self.config;
-        if vectors.is_empty() {
+    /// The monitored unit directions from now on (unchanged when the same set is given again); None turns
+    /// monitoring off.
+    pub(crate) fn upload_monitor(&mut self, units: Option<&std::sync::Arc<personascope_model::Units>>) -> Result<()> {
+        let Some(units) = units.filter(|u| !u.is_empty()) else {
             self.monitor = None;
             return Ok(());
+        };
+        if self.monitor.as_ref().is_some_and(|m| std::sync::Arc::ptr_eq(&m.units, units)) {
+            return Ok(());
         }
-        if vectors.len() > self.options.max_traits {
+        if units.len() > self.options.max_traits {
             return Err(GpuError::Unsupported(format!(
                 "{} monitored traits (at most {})",
-                vectors.len(),
+                units.len(),
                 self.options.max_traits
             )));
         }
+        let c = &self.config;
         let layers = c.n_layers + 1;
-        let packed = project::pack(vectors, layers, c.d_model);
-        let units = storage_f32(&self.gpu, "monitor units", &packed.units);
+        let packed = project::pack(units, layers, c.d_model);
+        let ubuf = storage_f32(&self.gpu, "monitor units", &packed.units);
         let mask = storage(&self.gpu, "monitor mask", bytemuck::cast_slice(&packed.mask));
-        let p = project::Params {
-            traits: vectors.len() as u32,
-            layers: layers as u32,
-            d: c.d_model as u32,
-            scores_offset: sample::OUT_WORDS,
-        };
-        let params = Uniform::new(&self.gpu, "project", p);
-        let bind = self.kernels.project.bind(
-            &self.gpu,
-            &params.buffer,
-            &self.buffers.capture,
-            &units,
-            &mask,
-            &self.buffers.out,
-        );
-        self.monitor = Some(MonitorState { traits: vectors.len(), params, bind, _buffers: [units, mask] });
+        let mut binds = Vec::with_capacity(layers);
+        for l in 0..layers {
+            let p = Uniform::new(&self.gpu, "project", project::Params {
+                d: c.d_model as u32,
+                dir: self.layout.dir(List::Project(l)) as u32,
+                layer: l as u32,
+                layers: layers as u32,
+                traits: units.len() as u32,
+                _pad: [0; 3],
+            });
+            let bind = self.kernels.project.bind(
+                &self.gpu,
+                &p.buffer,
+                &self.buffers.x,
+                &ubuf,
+                &mask,
+                &self.buffers.out,
+                &self.buffers.lists,
+            );
+            binds.push((p, bind));
+        }
+        self.monitor =
+            Some(MonitorState { units: units.clone(), packed, traits: units.len(), binds, _buffers: [ubuf, mask] });
         Ok(())
     }
 
-    /// Keeps running sums of the residual at every residual index over the tokens at absolute positions in
-    /// `positions` (e.g. the response tokens, for the persona method's response average), from now on; the sums
-    /// start at zero. `None` stops summing. The sums never leave the GPU until [`GpuModel::read_sums`].
-    pub fn set_sum_range(&mut self, positions: Option<std::ops::Range<usize>>) {
-        let sat = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
-        let mut enc = self.gpu.device.create_command_encoder(&Default::default());
-        enc.clear_buffer(&self.buffers.sums, 0, None);
-        self.gpu.queue.submit([enc.finish()]);
-        for (u, _) in &mut self.capture {
-            let mut p = u.value;
-            match &positions {
-                Some(r) => {
-                    p.flags = accumulate::CAPTURE | accumulate::SUM;
-                    p.start = sat(r.start);
-                    p.end = sat(r.end);
-                }
-                None => p.flags = accumulate::CAPTURE,
-            }
-            u.set(&self.gpu, p);
-        }
-    }
-
-    /// The running sums [N+1][d] (see [`GpuModel::set_sum_range`]).
-    pub async fn read_sums(&self) -> Result<Vec<Vec<f32>>> {
-        let d = self.config.d_model;
-        let flat = crate::kernel::read_f32(&self.gpu, &self.buffers.sums, (self.config.n_layers + 1) * d).await?;
-        Ok(flat.chunks_exact(d).map(<[f32]>::to_vec).collect())
-    }
-
-    /// Writes every per-call uniform for `n` tokens at positions `pos0..`.
-    fn set_uniforms(&mut self, pos0: usize, n: usize) -> Result<()> {
+    /// Writes every per-call uniform for a call of `n` rows and its head chunks.
+    pub(crate) fn set_call_uniforms(&mut self, n: usize, chunks: &[ChunkPlan]) -> Result<()> {
         let gpu = &self.gpu;
         let c = &self.config;
-        let (pos0_u, n_u) = (pos0 as u32, n as u32);
+        let n_u = n as u32;
         self.norm_params.set(gpu, rms_norm::Params { rows: n_u, cols: c.d_model as u32, eps: c.rms_eps, _pad: 0 });
-        self.rope_params.set(gpu, rope::Params::new(&self.rope_shape, pos0_u, n_u)?);
-        self.attention_params.set(gpu, attention::Params::new(&self.attention_shape, pos0_u, n_u)?);
+        self.rope_params.set(gpu, rope::Params::new(&self.rope_shape, n_u)?);
+        self.attention_params.set(gpu, attention::Params::new(&self.attention_shape, n_u)?);
         self.silu_params.set(gpu, silu_gate::Params::new(n_u * c.d_ff as u32));
         let embed_kernel = self
             .kernels
@@ -654,7 +723,7 @@ impl GpuModel {
             .get(&self.embed.0.format)
             .ok_or_else(|| GpuError::Unsupported("embedding kernel missing".into()))?;
         for (i, (u, _)) in self.embed.1.iter_mut().enumerate() {
-            u.set(gpu, embed_kernel.params(&self.embed.0, i, n_u, pos0_u, 0, c.d_model as u32)?);
+            u.set(gpu, embed_kernel.params(&self.embed.0, i, n_u, 0, 0, c.d_model as u32)?);
         }
         for b in &mut self.blocks {
             for prod in [&mut b.q, &mut b.k, &mut b.v, &mut b.o, &mut b.gate, &mut b.up, &mut b.down] {
@@ -664,75 +733,132 @@ impl GpuModel {
                 }
             }
         }
-        for (u, _) in &mut self.capture {
-            let mut p = u.value;
-            p.rows = n_u;
-            p.pos0 = pos0_u;
-            p.capture_row = n_u - 1;
-            u.set(gpu, p);
-        }
-        if let Some(s) = &mut self.steer {
-            for (_, le, u, _) in &mut s.layers {
-                u.set(gpu, le.params(n_u, c.d_model as u32, pos0_u, 0));
+        let vocab = c.vocab_size as u32;
+        for (chunk, head) in chunks.iter().zip(self.heads.iter_mut()) {
+            head.norm.0.set(gpu, rms_norm::Params { rows: chunk.rows, cols: c.d_model as u32, eps: c.rms_eps, _pad: 0 });
+            let kernel = &self.kernels.matmul[&(head.lm_head.kernel.0, false, false)];
+            for (i, (u, _)) in head.lm_head.parts.iter_mut().enumerate() {
+                let mut io = Io::dense(&head.lm_head.matrix);
+                io.y_offset = chunk.row0 * vocab;
+                u.set(gpu, kernel.params(&head.lm_head.matrix, i, chunk.rows, io)?);
             }
+            let mut lp = head.logprob.0.value;
+            lp.row0 = chunk.row0;
+            head.logprob.0.set(gpu, lp);
         }
         Ok(())
     }
 
-    /// Records the blocks for the tokens whose ids are at ids[pos0..pos0+n] (uniforms already set), then the final
-    /// norm of the last row, the LM head and the projection.
-    fn record_forward(
+    /// Uploads the call's row table, tokens (None: the sampler writes them) and lists, sets the uniforms, records
+    /// the call and submits it. Returns the submission.
+    pub(crate) fn submit_call(
+        &mut self,
+        rows: &[Row],
+        tokens: Option<&[u32]>,
+        call: &CallPlan,
+        tail: Option<(&wgpu::Buffer, u64, &wgpu::Buffer, u64)>,
+    ) -> Result<wgpu::SubmissionIndex> {
+        self.gpu.health()?;
+        if rows.is_empty() || rows.len() > self.options.batch || call.chunks.len() > self.heads.len() {
+            return Err(GpuError::Unsupported(format!(
+                "a forward call of {} rows and {} head chunks (at most {} and {})",
+                rows.len(),
+                call.chunks.len(),
+                self.options.batch,
+                self.heads.len()
+            )));
+        }
+        let q = &self.gpu.queue;
+        q.write_buffer(&self.buffers.rows, 0, bytemuck::cast_slice(rows));
+        if let Some(t) = tokens {
+            q.write_buffer(&self.buffers.tokens, 0, bytemuck::cast_slice(t));
+        }
+        let words = call.lists.words();
+        q.write_buffer(&self.buffers.lists, 0, bytemuck::cast_slice(&words));
+        self.set_call_uniforms(rows.len(), &call.chunks)?;
+        let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+        self.dispatches += self.record_call(&mut enc, call, None)?;
+        if let Some((src, src_off, dst, bytes)) = tail {
+            enc.copy_buffer_to_buffer(src, src_off, dst, 0, bytes);
+        }
+        self.submits += 1;
+        Ok(self.gpu.queue.submit([enc.finish()]))
+    }
+
+    /// Records one forward call (uniforms and buffers already written); returns the dispatches recorded.
+    pub(crate) fn record_call(
         &self,
         enc: &mut wgpu::CommandEncoder,
-        n: usize,
-        sample_first: bool,
-        mut prof: Option<&mut Profiler>,
-    ) -> Result<()> {
+        call: &CallPlan,
+        prof: Option<&mut Profiler>,
+    ) -> Result<u64> {
         let k = &self.kernels;
-        let c = &self.config;
-        {
-            let mut rec = Rec::new(enc, prof.as_deref_mut());
-            if sample_first {
-                rec.run("sample", |p| k.sample.dispatch(p, &self.sample.1));
+        let n = call.rows;
+        let d = self.config.d_model as u32;
+        let mut r = Counted { rec: Rec::new(enc, prof), count: 0 };
+        if call.sample > 0 {
+            r.run("sample", |p| k.sample.dispatch(p, &self.sample_bind, call.sample));
+        }
+        let embed_kernel = &k.embed[&self.embed.0.format];
+        r.run("embed", |p| {
+            for (u, bind) in &self.embed.1 {
+                embed_kernel.dispatch(p, bind, &u.value);
             }
-            let embed_kernel = &k.embed[&self.embed.0.format];
-            rec.run("embed", |p| {
-                for (u, bind) in &self.embed.1 {
-                    embed_kernel.dispatch(p, bind, &u.value);
+        });
+        self.record_hooks(&mut r, call, 0);
+        for (l, b) in self.blocks.iter().enumerate().take(call.blocks) {
+            r.run("rms_norm", |p| k.rms_norm.dispatch(p, &b.attn_norm, n));
+            r.run("matmul q", |p| self.record_product(p, &b.q));
+            r.run("matmul k", |p| self.record_product(p, &b.k));
+            r.run("matmul v", |p| self.record_product(p, &b.v));
+            r.run("rope", |p| k.rope.dispatch(p, &b.rope, &self.rope_params.value));
+            let mut attention = Ok(());
+            r.run("attention", |p| attention = k.attention.dispatch(p, &b.attention, &self.attention_params.value));
+            attention?;
+            r.run("matmul o", |p| self.record_product(p, &b.o));
+            r.run("rms_norm", |p| k.rms_norm.dispatch(p, &b.ffn_norm, n));
+            r.run("matmul gate", |p| self.record_product(p, &b.gate));
+            r.run("matmul up", |p| self.record_product(p, &b.up));
+            r.run("silu_gate", |p| k.silu.dispatch(p, &b.silu, &self.silu_params.value));
+            r.run("matmul down", |p| self.record_product(p, &b.down));
+            self.record_hooks(&mut r, call, l + 1);
+        }
+        for (ci, chunk) in call.chunks.iter().enumerate() {
+            let h = &self.heads[ci];
+            r.run("head gather", |p| k.gather.dispatch(p, &h.gather.1, d, chunk.rows));
+            r.run("rms_norm", |p| k.rms_norm.dispatch(p, &h.norm.1, chunk.rows));
+            r.run("lm_head", |p| self.record_product(p, &h.lm_head));
+            if chunk.logprobs > 0 {
+                r.run("logprob", |p| k.logprob.dispatch(p, &h.logprob.1, chunk.logprobs));
+            }
+        }
+        Ok(r.count)
+    }
+
+    /// Steering, then captures, sums and projections at residual index `layer` (so the reads see the steered
+    /// stream, as the CPU plan does).
+    fn record_hooks(&self, r: &mut Counted<'_>, call: &CallPlan, layer: usize) {
+        let k = &self.kernels;
+        let (d, n) = (self.config.d_model as u32, call.rows);
+        if let Some(s) = &self.steer {
+            for (l, _, bind) in &s.layers {
+                if *l == layer {
+                    r.run("steer", |p| k.steer.dispatch(p, bind, d, n));
                 }
-            });
-            self.record_hooks(&mut rec, 0);
-            for (l, b) in self.blocks.iter().enumerate() {
-                rec.run("rms_norm", |p| k.rms_norm.dispatch(p, &b.attn_norm, n as u32));
-                rec.run("matmul q", |p| self.record_product(p, &b.q));
-                rec.run("matmul k", |p| self.record_product(p, &b.k));
-                rec.run("matmul v", |p| self.record_product(p, &b.v));
-                rec.run("rope", |p| k.rope.dispatch(p, &b.rope, &self.rope_params.value));
-                let mut attention = Ok(());
-                rec.run("attention", |p| {
-                    attention = k.attention.dispatch(p, &b.attention, &self.attention_params.value)
-                });
-                attention?;
-                rec.run("matmul o", |p| self.record_product(p, &b.o));
-                rec.run("rms_norm", |p| k.rms_norm.dispatch(p, &b.ffn_norm, n as u32));
-                rec.run("matmul gate", |p| self.record_product(p, &b.gate));
-                rec.run("matmul up", |p| self.record_product(p, &b.up));
-                rec.run("silu_gate", |p| k.silu.dispatch(p, &b.silu, &self.silu_params.value));
-                rec.run("matmul down", |p| self.record_product(p, &b.down));
-                self.record_hooks(&mut rec, l + 1);
             }
         }
-        let d4 = (c.d_model * 4) as u64;
-        enc.copy_buffer_to_buffer(&self.buffers.x, (n as u64 - 1) * d4, &self.buffers.last, 0, d4);
-        {
-            let mut rec = Rec::new(enc, prof);
-            rec.run("rms_norm", |p| k.rms_norm.dispatch(p, &self.final_norm.1, 1));
-            rec.run("lm_head", |p| self.record_product(p, &self.lm_head));
-            if let Some(m) = &self.monitor {
-                rec.run("project", |p| k.project.dispatch(p, &m.bind, &m.params.value));
-            }
+        let captured = call.lists.count(List::Capture(layer));
+        if captured > 0 {
+            r.run("capture", |p| k.gather.dispatch(p, &self.capture[layer].1, d, captured));
         }
-        Ok(())
+        let summed = call.lists.count(List::Sum(layer));
+        if summed > 0 {
+            r.run("sum", |p| k.accumulate.dispatch(p, &self.sums[layer].1, d, summed));
+        }
+        let projected = call.lists.count(List::Project(layer));
+        if let (Some(m), true) = (&self.monitor, projected > 0) {
+            r.run("project", |p| k.project.dispatch(p, &m.binds[layer].1, projected, m.traits as u32));
+        }
     }
 
     fn record_product(&self, pass: &mut wgpu::ComputePass<'_>, prod: &Product) {
@@ -742,230 +868,45 @@ impl GpuModel {
         }
     }
 
-    /// Steering, then capture, at residual index `layer` (so the monitor sees the steered stream, as the CPU path
-    /// does with `(Steer, Projection)`).
-    fn record_hooks(&self, rec: &mut Rec<'_>, layer: usize) {
-        if let Some(s) = &self.steer {
-            for (l, _, u, bind) in &s.layers {
-                if *l == layer {
-                    rec.run("steer", |p| self.kernels.steer.dispatch(p, bind, &u.value));
-                }
-            }
-        }
-        let (u, bind) = &self.capture[layer];
-        rec.run("capture", |p| self.kernels.accumulate.dispatch(p, bind, &u.value));
+    /// Writes `params` (one per sampled sequence) for the next call's sampler.
+    pub(crate) fn write_sample_params(&self, params: &[sample::Params]) {
+        self.gpu.queue.write_buffer(&self.buffers.sample_params, 0, bytemuck::cast_slice(params));
     }
 
-    fn check_room(&self, n: usize) -> Result<()> {
-        self.gpu.health()?;
-        let max = self.options.max_positions;
-        if self.pos + n > max {
-            return Err(GpuError::Model(personascope_model::ModelError::ContextFull { needed: self.pos + n, max }));
-        }
-        Ok(())
+    /// Writes a generating sequence's tokens into its history region.
+    pub(crate) fn write_history(&self, base: usize, tokens: &[u32]) {
+        self.gpu.queue.write_buffer(&self.buffers.history, (base * 4) as u64, bytemuck::cast_slice(tokens));
     }
 
-    /// Processes `tokens` at positions `position()..` in batches. Afterwards the logits of the last token, its
-    /// residuals (capture) and, with a monitor, its projections are on the GPU, ready to read or sample from.
-    pub async fn prefill(&mut self, tokens: &[u32]) -> Result<()> {
-        self.check_room(tokens.len())?;
-        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= self.config.vocab_size) {
-            return Err(GpuError::Model(personascope_model::ModelError::TokenOutOfRange {
-                id,
-                vocab: self.config.vocab_size,
-            }));
+    /// Clears the first `floats` values of the out buffer (sums start at zero).
+    pub(crate) fn clear_out(&mut self, floats: usize) {
+        if floats == 0 {
+            return;
         }
-        self.gpu.queue.write_buffer(&self.buffers.ids, (self.pos * 4) as u64, bytemuck::cast_slice(tokens));
-        for chunk in tokens.chunks(self.options.batch) {
-            let n = chunk.len();
-            self.set_uniforms(self.pos, n)?;
-            let mut enc = self.gpu.device.create_command_encoder(&Default::default());
-            self.record_forward(&mut enc, n, false, None)?;
-            self.gpu.queue.submit([enc.finish()]);
-            self.pos += n;
-        }
-        Ok(())
-    }
-
-    /// One decode step: samples the next token from the current logits on the GPU (writing it to the token
-    /// buffer), runs it through the model, and returns it with its projection scores. `step` seeds the sampler's
-    /// counter-based random stream (use 0, 1, 2, ... within a reply).
-    pub async fn step(&mut self, params: &SamplingParams, step: u32) -> Result<StepOut> {
-        let pending = self.submit_step(params, step)?;
-        self.finish_step(pending).await
-    }
-
-    /// Records and submits decode step `step` (see [`GpuModel::step`]) without waiting for it.
-    fn submit_step(&mut self, params: &SamplingParams, step: u32) -> Result<Pending> {
-        self.check_room(1)?;
-        let pos = self.pos;
-        let mut sp = sample::Params::new(params, self.config.vocab_size as u32)?;
-        sp.ctx_start = 0;
-        sp.ctx_len = pos as u32;
-        sp.write_index = pos as u32;
-        sp.out_offset = 0;
-        sp.step = step;
-        self.sample.0.set(&self.gpu, sp);
-        self.set_uniforms(pos, 1)?;
         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
-        self.record_forward(&mut enc, 1, true, None)?;
-        let words =
-            sample::OUT_WORDS as usize + self.monitor.as_ref().map_or(0, |m| m.traits * (self.config.n_layers + 1));
-        let slot = (step % 2) as usize;
-        enc.copy_buffer_to_buffer(&self.buffers.out, 0, &self.buffers.staging[slot], 0, (words * 4) as u64);
-        let submission = self.gpu.queue.submit([enc.finish()]);
-        self.pos += 1;
-        Ok(Pending { slot, bytes: (words * 4) as u64, submission })
-    }
-
-    /// Waits for a submitted step and decodes its record.
-    async fn finish_step(&self, p: Pending) -> Result<StepOut> {
-        let staging = &self.buffers.staging[p.slot];
-        let bytes = crate::kernel::read_staging_after(&self.gpu, staging, p.bytes, Some(p.submission)).await?;
-        self.gpu.health()?;
-        let w: Vec<u32> = bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-        let record = sample::Record::from_words(&w)
-            .ok_or_else(|| GpuError::Readback { what: "sample record".into(), msg: "short read".into() })?;
-        Ok(StepOut { token: record.token, scores: self.scores_from(&w) })
-    }
-
-    fn scores_from(&self, words: &[u32]) -> Vec<Vec<f32>> {
-        let Some(m) = &self.monitor else { return Vec::new() };
-        let layers = self.config.n_layers + 1;
-        (0..m.traits)
-            .map(|t| {
-                (0..layers)
-                    .map(|l| {
-                        let i = sample::OUT_WORDS as usize + t * layers + l;
-                        words.get(i).map_or(f32::NAN, |&b| f32::from_bits(b))
-                    })
-                    .collect()
-            })
-            .collect()
-    }
-
-    /// Projection scores [trait][residual index] of the last processed token (e.g. the last prompt token: the
-    /// pre-generation reading).
-    pub async fn read_scores(&self) -> Result<Vec<Vec<f32>>> {
-        let Some(m) = &self.monitor else { return Ok(Vec::new()) };
-        let words = sample::OUT_WORDS as usize + m.traits * (self.config.n_layers + 1);
-        let bytes = read_buffer(&self.gpu, &self.buffers.out, 0, (words * 4) as u64).await?;
-        let w: Vec<u32> = bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-        Ok(self.scores_from(&w))
-    }
-
-    /// The logits of the last processed token.
-    pub async fn read_logits(&self) -> Result<Vec<f32>> {
-        crate::kernel::read_f32(&self.gpu, &self.buffers.logits, self.config.vocab_size).await
-    }
-
-    /// The last processed token's residual at every residual index: [N+1][d] (index 0 = embeddings).
-    pub async fn read_residuals(&self) -> Result<Vec<Vec<f32>>> {
-        let d = self.config.d_model;
-        let flat = crate::kernel::read_f32(&self.gpu, &self.buffers.capture, (self.config.n_layers + 1) * d).await?;
-        Ok(flat.chunks_exact(d).map(<[f32]>::to_vec).collect())
-    }
-}
-
-/// Streaming callback: (token id, its text, its scores [trait][residual index]) -> go on or stop.
-pub type OnToken<'a> = dyn FnMut(u32, &str, &[Vec<f32>]) -> personascope_model::Flow + 'a;
-
-/// A finished GPU generation.
-#[derive(Debug, Clone)]
-pub struct GpuGeneration {
-    pub prompt_ids: Vec<u32>,
-    pub ids: Vec<u32>,
-    pub text: String,
-    pub stop: personascope_model::StopReason,
-    /// Projection scores [token][trait][residual index] of every generated token (empty without a monitor).
-    pub scores: Vec<Vec<Vec<f32>>>,
-    /// Projection scores [trait][residual index] of the last prompt token, from the prefill (empty without a
-    /// monitor): the pre-generation reading, at the cost of one small read-back.
-    pub prompt_scores: Vec<Vec<f32>>,
-}
-
-impl GpuModel {
-    /// Generates a reply to `prompt_ids` from position 0 (the cache is reset), streaming each token's text and
-    /// scores through `on_token`; stops at an end-of-turn token (not included), `max_tokens`, the cache size,
-    /// or when `on_token` returns `Flow::Stop`.
-    pub async fn generate(
-        &mut self,
-        prompt_ids: &[u32],
-        max_tokens: usize,
-        params: &SamplingParams,
-        on_token: &mut OnToken<'_>,
-    ) -> Result<GpuGeneration> {
-        use personascope_model::{Flow, StopReason};
-        if prompt_ids.is_empty() {
-            return Err(GpuError::Unsupported("generation needs a non-empty prompt".into()));
-        }
-        params.validate()?;
-        self.reset();
-        self.prefill(prompt_ids).await?;
-        let prompt_scores = if self.monitor.is_some() { self.read_scores().await? } else { Vec::new() };
-        let stop_ids = self.tokenizer.stop_ids().to_vec();
-        let tokenizer = self.tokenizer.clone();
-        let mut stream = tokenizer.stream();
-        let (mut ids, mut text, mut scores) = (Vec::new(), String::new(), Vec::new());
-        // Step k+1 is submitted before step k's token is read back, so the GPU never waits for the CPU. When step
-        // k turns out to end the reply, step k+1 was wasted work on a sequence that is reset before reuse.
-        let can_submit = |model: &Self, count: usize| count < max_tokens && model.pos < model.options.max_positions;
-        let mut pending = if can_submit(self, 0) { Some(self.submit_step(params, 0)?) } else { None };
-        let stop = loop {
-            let Some(current) = pending.take() else {
-                break if ids.len() >= max_tokens { StopReason::MaxTokens } else { StopReason::ContextFull };
-            };
-            let next = ids.len() + 1;
-            if can_submit(self, next) {
-                pending = Some(self.submit_step(params, next as u32)?);
-            }
-            let out = self.finish_step(current).await?;
-            if stop_ids.contains(&out.token) {
-                break StopReason::EndOfTurn;
-            }
-            ids.push(out.token);
-            let piece = stream.push(out.token)?;
-            text.push_str(&piece);
-            let flow = on_token(out.token, &piece, &out.scores);
-            scores.push(out.scores);
-            if flow == Flow::Stop {
-                break StopReason::Cancelled;
-            }
-        };
-        text.push_str(&stream.finish());
-        Ok(GpuGeneration { prompt_ids: prompt_ids.to_vec(), ids, text, stop, scores, prompt_scores })
-    }
-}
-
-impl GpuModel {
-    /// Per-kernel GPU time of one decode step (greedy) and of processing `prompt` (fresh sequence), from timestamp
-    /// queries, each dispatch in its own pass: (kernel, milliseconds summed over its dispatches), largest first.
-    pub async fn profile(&mut self, prompt: &[u32]) -> Result<(Vec<(String, f64)>, Vec<(String, f64)>)> {
-        let mut prof = Profiler::new(&self.gpu, 2048)?;
-        self.reset();
-        self.check_room(prompt.len() + 1)?;
-        self.gpu.queue.write_buffer(&self.buffers.ids, 0, bytemuck::cast_slice(prompt));
-        let mut prefill = Vec::new();
-        for chunk in prompt.chunks(self.options.batch) {
-            self.set_uniforms(self.pos, chunk.len())?;
-            let mut enc = self.gpu.device.create_command_encoder(&Default::default());
-            self.record_forward(&mut enc, chunk.len(), false, Some(&mut prof))?;
-            prof.finish(&mut enc);
-            self.gpu.queue.submit([enc.finish()]);
-            prefill.extend(prof.read(&self.gpu).await?);
-            self.pos += chunk.len();
-        }
-        let mut sp = sample::Params::new(&SamplingParams::greedy(), self.config.vocab_size as u32)?;
-        sp.ctx_len = self.pos as u32;
-        sp.write_index = self.pos as u32;
-        self.sample.0.set(&self.gpu, sp);
-        self.set_uniforms(self.pos, 1)?;
-        let mut enc = self.gpu.device.create_command_encoder(&Default::default());
-        self.record_forward(&mut enc, 1, true, Some(&mut prof))?;
-        prof.finish(&mut enc);
+        enc.clear_buffer(&self.buffers.out, 0, Some(((floats * 4) as u64).div_ceil(4) * 4));
+        self.submits += 1;
         self.gpu.queue.submit([enc.finish()]);
-        let decode = prof.read(&self.gpu).await?;
-        self.pos += 1;
+    }
+
+    /// The logits of head row `row` as last computed.
+    pub async fn read_logits_row(&self, row: usize) -> Result<Vec<f32>> {
+        let vocab = self.config.vocab_size;
+        let bytes = crate::kernel::read_buffer(&self.gpu, &self.buffers.logits, (row * vocab * 4) as u64, (vocab * 4) as u64).await?;
+        Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    }
+
+    /// Per-kernel GPU time of processing `prompt` (one sequence, one call per `batch` rows) and of one greedy decode
+    /// step after it, with `plan`'s steering and projections onto `monitor`, from timestamp queries, each dispatch in
+    /// its own pass: (kernel, milliseconds summed over its dispatches), largest first; decode first.
+    pub async fn profile(
+        &mut self,
+        prompt: &[u32],
+        plan: personascope_model::Plan,
+        monitor: Option<std::sync::Arc<personascope_model::Units>>,
+    ) -> Result<(Vec<(String, f64)>, Vec<(String, f64)>)> {
+        let mut prof = Profiler::new(&self.gpu, 4096)?;
+        let (prefill, decode) = crate::wave::profile(self, prompt, plan, monitor, &mut prof).await?;
         let total = |rows: Vec<(&'static str, f64)>| {
             let mut sums: Vec<(String, f64)> = Vec::new();
             for (name, ns) in rows {

@@ -8,8 +8,10 @@ pub mod kernel;
 pub mod kernels;
 pub mod profile;
 pub mod quant;
+pub mod rows;
 pub mod shader;
 pub mod twins;
+mod wave;
 
 pub use context::{AdapterChoice, Caps, Gpu};
 pub use engine::{EngineOptions, GpuModel, StepOut};

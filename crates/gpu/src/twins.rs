@@ -3,7 +3,7 @@
 //! the kernel's own uniform struct, so parity tests compare like with like. Kernels whose twin lives in
 //! `personascope_model::ops` are not repeated here.
 
-use crate::kernels::{accumulate, project, sample, steer};
+use crate::kernels::{accumulate, gather, project, sample, steer};
 use crate::Result;
 
 /// True for NaN bit patterns.
@@ -102,10 +102,16 @@ fn search(
     f
 }
 
-/// Twin of `sample.wgsl`: writes the chosen token to `ids[write_index]` and the record to `out[out_offset..]`,
-/// exactly as the kernel does.
-pub fn sample(p: &sample::Params, logits: &[f32], ids: &mut [u32], out: &mut [u32]) -> Result<sample::Record> {
-    p.check(logits.len(), ids.len(), usize::MAX, out.len())?;
+/// Twin of `sample.wgsl` for one sequence: writes the chosen token to `ids[write_index]` and
+/// `tokens[token_index]` and the record to `out[out_offset..]`, exactly as the kernel does.
+pub fn sample(
+    p: &sample::Params,
+    logits: &[f32],
+    ids: &mut [u32],
+    out: &mut [u32],
+    tokens: &mut [u32],
+) -> Result<sample::Record> {
+    p.check(logits.len(), ids.len(), usize::MAX, out.len(), tokens.len())?;
     let vocab = p.vocab as usize;
     let row = &logits[p.logits_offset as usize..][..vocab];
     let mut vals = row.to_vec();
@@ -199,37 +205,55 @@ pub fn sample(p: &sample::Params, logits: &[f32], ids: &mut [u32], out: &mut [u3
         }
     }
     ids[p.write_index as usize] = rec.token;
+    tokens[p.token_index as usize] = rec.token;
     out[p.out_offset as usize..][..4].copy_from_slice(&[rec.token, rec.step, rec.candidates, rec.status]);
     Ok(rec)
 }
 
-/// Twin of `project.wgsl`: `out[scores_offset + s]` = f32 bits of the score of slot s (NaN where off).
-pub fn project(p: &project::Params, capture: &[f32], units: &[f32], mask: &[u32], out: &mut [u32]) -> Result<()> {
-    p.check(capture.len(), units.len(), mask.len(), out.len())?;
+/// The entries of one list of a lists buffer (`words` as [`crate::rows::Lists::words`] writes them).
+pub fn list_entries(words: &[u32], dir: u32, stride: usize) -> Result<Vec<&[u32]>> {
+    let bad = || crate::GpuError::Validation { what: "lists".into(), msg: format!("directory word {dir}") };
+    let first = *words.get(dir as usize).ok_or_else(bad)? as usize;
+    let count = *words.get(dir as usize + 1).ok_or_else(bad)? as usize;
+    let all = words.get(first..first + count * stride).ok_or_else(bad)?;
+    Ok(all.chunks_exact(stride).collect())
+}
+
+/// Twin of `project.wgsl`: `out[base + t * layers + layer]` for every entry (row, base) and monitored trait t.
+pub fn project(p: &project::Params, x: &[f32], units: &[f32], mask: &[u32], out: &mut [f32], lists: &[u32]) -> Result<()> {
     let (layers, d) = (p.layers as usize, p.d as usize);
     let lanes = project::LANES as usize;
-    for s in 0..p.slots() as usize {
-        let on = (mask[s / 32] >> (s % 32)) & 1 == 1;
-        let mut score = f32::NAN;
-        if on {
-            let (h, v) = (&capture[(s % layers) * d..][..d], &units[s * d..][..d]);
+    for e in list_entries(lists, p.dir, 2)? {
+        let (row, base) = (e[0] as usize, e[1] as usize);
+        for t in 0..p.traits as usize {
+            let s = t * layers + p.layer as usize;
+            if (mask.get(s / 32).copied().unwrap_or(0) >> (s % 32)) & 1 == 0 {
+                continue;
+            }
+            let (h, v) = (&x[row * d..][..d], &units[s * d..][..d]);
             let partial = |lane: usize| (lane..d).step_by(lanes).fold(0f32, |acc, c| acc + h[c] * v[c]);
-            score = (0..lanes).map(partial).fold(0f32, |a, b| a + b);
+            out[base + s] = (0..lanes).map(partial).fold(0f32, |a, b| a + b);
         }
-        out[p.scores_offset as usize + s] = score.to_bits();
     }
     Ok(())
 }
 
-/// Twin of `steer.wgsl`: entries applied in order, rows no entry covers left as they are.
-pub fn steer(p: &steer::Params, x: &mut [f32], vectors: &[f32], entries: &[steer::Entry]) -> Result<()> {
-    p.check(x.len(), vectors.len(), entries)?;
+/// Twin of `steer.wgsl`: entries of the row's sequence applied in order, rows no entry covers left as they are.
+pub fn steer(
+    p: &steer::Params,
+    x: &mut [f32],
+    vectors: &[f32],
+    entries: &[steer::Entry],
+    rows: &[crate::rows::Row],
+    n_rows: usize,
+) -> Result<()> {
     let d = p.d as usize;
-    let mine = &entries[p.first as usize..][..p.count as usize];
-    for row in 0..p.rows {
-        let pos = p.pos0.wrapping_add(row);
-        let xr = &mut x[p.x_offset as usize + row as usize * d..][..d];
-        for e in mine.iter().filter(|e| pos >= e.start && pos < e.end) {
+    let mine = entries
+        .get(p.first as usize..p.first as usize + p.count as usize)
+        .ok_or_else(|| crate::GpuError::Validation { what: "steer".into(), msg: format!("{p:?}") })?;
+    for (r, row) in rows.iter().take(n_rows).enumerate() {
+        let xr = &mut x[r * d..][..d];
+        for e in mine.iter().filter(|e| e.seq == row.seq && row.pos >= e.start && row.pos < e.end) {
             for (xv, v) in xr.iter_mut().zip(&vectors[e.offset as usize..][..d]) {
                 *xv += e.alpha * v;
             }
@@ -238,21 +262,26 @@ pub fn steer(p: &steer::Params, x: &mut [f32], vectors: &[f32], entries: &[steer
     Ok(())
 }
 
-/// Twin of `accumulate.wgsl`: the same f32 adds in the same order, so the results are bit-identical.
-pub fn accumulate(p: &accumulate::Params, x: &[f32], sums: &mut [f32], capture: &mut [f32]) -> Result<()> {
-    p.check(x.len(), sums.len(), capture.len())?;
+/// Twin of `gather.wgsl`.
+pub fn gather(p: &gather::Params, src: &[f32], dst: &mut [f32], lists: &[u32]) -> Result<()> {
     let d = p.d as usize;
-    let row = |r: u32| &x[p.x_offset as usize + r as usize * d..][..d];
-    if p.flags & accumulate::SUM != 0 {
-        let (a, b) = (p.start.max(p.pos0), p.end.min(p.pos0.wrapping_add(p.rows)));
-        for r in a.saturating_sub(p.pos0)..b.saturating_sub(p.pos0) {
-            for (s, v) in sums[p.sum_offset as usize..][..d].iter_mut().zip(row(r)) {
+    for e in list_entries(lists, p.dir, 2)? {
+        let (row, off) = (e[0] as usize, e[1] as usize);
+        dst[off..off + d].copy_from_slice(&src[row * d..(row + 1) * d]);
+    }
+    Ok(())
+}
+
+/// Twin of `accumulate.wgsl`: the same f32 adds in the same order, so the results are bit-identical.
+pub fn accumulate(p: &accumulate::Params, x: &[f32], sums: &mut [f32], lists: &[u32]) -> Result<()> {
+    let d = p.d as usize;
+    for e in list_entries(lists, p.dir, 4)? {
+        let (start, n, off) = (e[0] as usize, e[1] as usize, e[2] as usize);
+        for r in start..start + n {
+            for (s, v) in sums[off..off + d].iter_mut().zip(&x[r * d..(r + 1) * d]) {
                 *s += v;
             }
         }
-    }
-    if p.flags & accumulate::CAPTURE != 0 {
-        capture[p.capture_offset as usize..][..d].copy_from_slice(row(p.capture_row));
     }
     Ok(())
 }

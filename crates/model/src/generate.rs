@@ -2,6 +2,7 @@
 
 use crate::hooks::ResidualHook;
 use crate::model::{KvCache, Logits, Model};
+use crate::reply::{Accepted, ReplyState};
 use crate::sample::{Sampler, SamplingParams};
 use crate::{ModelError, Result};
 
@@ -62,36 +63,19 @@ pub fn generate(
     let mut sampler = Sampler::new(params)?;
     let mut cache: KvCache = model.new_cache();
     let mut logits = model.forward(&mut cache, prompt_ids, hook, Logits::Last)?;
-    let stop_ids = model.tokenizer.stop_ids().to_vec();
     let mut context = prompt_ids.to_vec();
-    let mut ids = Vec::new();
-    let mut stream = model.tokenizer.stream();
-    let mut text = String::new();
-    let ctx = model.config.context_length;
-    let stop = loop {
-        if ids.len() >= max_tokens {
-            break StopReason::MaxTokens;
-        }
+    let mut reply = ReplyState::new(&model.tokenizer, prompt_ids.len(), max_tokens, model.config.context_length);
+    while reply.running() {
         let id = sampler.sample(&logits, &context);
-        if stop_ids.contains(&id) {
-            break StopReason::EndOfTurn;
-        }
-        ids.push(id);
+        let Accepted::Token(piece) = reply.accept(&model.tokenizer, id, Vec::new())? else { break };
         context.push(id);
-        let piece = stream.push(id)?;
-        text.push_str(&piece);
-        let flow = on_token(TokenEvent { id, text: &piece, index: ids.len() - 1, logits: &logits });
-        if flow == Flow::Stop {
-            break StopReason::Cancelled;
+        let flow = on_token(TokenEvent { id, text: &piece, index: reply.ids.len() - 1, logits: &logits });
+        reply.after_callback(flow == Flow::Stop);
+        if reply.running() {
+            logits = model.forward(&mut cache, &[id], hook, Logits::Last)?;
         }
-        if ids.len() >= max_tokens {
-            break StopReason::MaxTokens;
-        }
-        if cache.len() + 1 > ctx {
-            break StopReason::ContextFull;
-        }
-        logits = model.forward(&mut cache, &[id], hook, Logits::Last)?;
-    };
-    text.push_str(&stream.finish());
-    Ok(Generation { prompt_ids: prompt_ids.to_vec(), ids, text, stop })
+    }
+    let stop = reply.stop.unwrap_or(StopReason::MaxTokens);
+    let text = reply.finish();
+    Ok(Generation { prompt_ids: prompt_ids.to_vec(), ids: reply.ids, text, stop })
 }

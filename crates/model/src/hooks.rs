@@ -1,4 +1,5 @@
-//! Residual-stream hooks: read and edit the residual stream between blocks.
+//! Residual-stream hooks: read and edit the residual stream between blocks (the single-sequence closure hook, for
+//! research), and the reference executor of a [`Plan`] on top of it.
 //!
 //! Layer numbering (the persona-vector convention, `persona-method.md` section 1): residual index `L` in `0..=N`
 //! for a model of N blocks, where `L = 0` is the token embeddings and `L = k` (1..=N) is the output of block k-1
@@ -36,7 +37,9 @@ impl<A: ResidualHook, B: ResidualHook> ResidualHook for (A, B) {
     }
 }
 
-/// Adds `alpha * vector` to the residual at `layer` for every position in `positions`.
+use crate::plan::{Plan, PlanOut, Units};
+
+/// Adds `alpha * vector` to the residual at `layer` for every position in `positions` (a [`Plan`] entry).
 #[derive(Debug, Clone)]
 pub struct Steering {
     pub layer: usize,
@@ -46,13 +49,29 @@ pub struct Steering {
     pub positions: std::ops::Range<usize>,
 }
 
-/// Several steering vectors at once.
-#[derive(Debug, Clone, Default)]
-pub struct Steer(pub Vec<Steering>);
+/// Runs a [`Plan`] through the single-sequence forward pass as a closure hook: the straightforward reading of
+/// the plan's semantics, which the batched engines (CPU and GPU) are tested against.
+pub struct PlanHook<'a> {
+    plan: &'a Plan,
+    units: Option<&'a Units>,
+    out: PlanOut,
+    sums: Vec<Vec<f64>>,
+    summed: usize,
+    /// Row width, learnt from the first residual seen.
+    d: usize,
+}
 
-impl ResidualHook for Steer {
+impl<'a> PlanHook<'a> {
+    pub fn new(plan: &'a Plan, units: Option<&'a Units>, n_layers: usize) -> Self {
+        PlanHook { plan, units, out: PlanOut::default(), sums: vec![Vec::new(); n_layers + 1], summed: 0, d: 0 }
+    }
+}
+
+impl ResidualHook for PlanHook<'_> {
     fn on_residual(&mut self, layer: usize, pos0: usize, h: &mut [f32], d: usize) {
-        for s in self.0.iter().filter(|s| s.layer == layer && s.vector.len() == d) {
+        self.d = d;
+        let layers = self.sums.len();
+        for s in self.plan.steer.iter().filter(|s| s.layer == layer && s.vector.len() == d) {
             for (i, row) in h.chunks_exact_mut(d).enumerate() {
                 if s.positions.contains(&(pos0 + i)) {
                     for (x, v) in row.iter_mut().zip(&s.vector) {
@@ -61,107 +80,87 @@ impl ResidualHook for Steer {
                 }
             }
         }
-    }
-}
-
-/// Records the residual at chosen layers for chosen positions: `rows[layer]` gets one `(position, vector)` per
-/// captured token, in order.
-#[derive(Debug, Clone)]
-pub struct Capture {
-    /// `wanted[L]`: capture residual index L.
-    pub wanted: Vec<bool>,
-    pub positions: std::ops::Range<usize>,
-    pub rows: Vec<Vec<(usize, Vec<f32>)>>,
-}
-
-impl Capture {
-    /// Captures residual indices `layers` (each in 0..=n_layers) at `positions`.
-    pub fn new(n_layers: usize, layers: impl IntoIterator<Item = usize>, positions: std::ops::Range<usize>) -> Self {
-        let mut wanted = vec![false; n_layers + 1];
-        for l in layers {
-            if let Some(w) = wanted.get_mut(l) {
-                *w = true;
-            }
-        }
-        Capture { wanted, positions, rows: vec![Vec::new(); n_layers + 1] }
-    }
-
-    /// Every residual index 0..=n_layers.
-    pub fn all_layers(n_layers: usize, positions: std::ops::Range<usize>) -> Self {
-        Self::new(n_layers, 0..=n_layers, positions)
-    }
-}
-
-impl ResidualHook for Capture {
-    fn on_residual(&mut self, layer: usize, pos0: usize, h: &mut [f32], d: usize) {
-        if !self.wanted.get(layer).copied().unwrap_or(false) {
-            return;
-        }
-        for (i, row) in h.chunks_exact(d).enumerate() {
-            if self.positions.contains(&(pos0 + i)) {
-                self.rows[layer].push((pos0 + i, row.to_vec()));
-            }
-        }
-    }
-}
-
-/// Projects the residual of every processed token onto unit trait directions: for each token (in order) one row
-/// of `scores[trait][layer]` = h_layer . v_hat (NaN where a trait has no vector at that layer). This is the CPU
-/// monitor; the GPU engine computes the same inside its forward pass.
-#[derive(Debug, Clone)]
-pub struct Projection {
-    /// `units[t][l]`: the unit direction of trait t at residual index l, if monitored there.
-    pub units: Vec<Vec<Option<Vec<f32>>>>,
-    /// One entry per token processed: (position, scores[t][l]).
-    pub scores: Vec<(usize, Vec<Vec<f32>>)>,
-    /// Only tokens at these positions are scored.
-    pub positions: std::ops::Range<usize>,
-}
-
-impl Projection {
-    /// `vectors[t][l]` raw directions (normalized here; zero vectors are skipped).
-    pub fn new(vectors: Vec<Vec<Option<Vec<f32>>>>, positions: std::ops::Range<usize>) -> Self {
-        let units = vectors
-            .into_iter()
-            .map(|per_layer| {
-                per_layer
-                    .into_iter()
-                    .map(|v| {
-                        v.and_then(|v| {
-                            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-                            (norm > 0.0).then(|| v.iter().map(|x| x / norm).collect())
-                        })
-                    })
-                    .collect()
-            })
-            .collect();
-        Projection { units, scores: Vec::new(), positions }
-    }
-}
-
-impl ResidualHook for Projection {
-    fn on_residual(&mut self, layer: usize, pos0: usize, h: &mut [f32], d: usize) {
-        let n_layers = self.units.first().map_or(0, |u| u.len());
         for (i, row) in h.chunks_exact(d).enumerate() {
             let pos = pos0 + i;
-            if !self.positions.contains(&pos) {
-                continue;
-            }
-            // Rows arrive layer by layer; the score table of a position is created at its first layer.
-            let idx = match self.scores.iter().rposition(|(p, _)| *p == pos) {
-                Some(idx) => idx,
-                None => {
-                    self.scores.push((pos, vec![vec![f32::NAN; n_layers]; self.units.len()]));
-                    self.scores.len() - 1
+            if let Some(c) = self.plan.capture.as_ref().filter(|c| c.positions.contains(&pos)) {
+                if layer == 0 || !self.out.captured.iter().any(|(p, _)| *p == pos) {
+                    self.out.captured.push((pos, vec![Vec::new(); layers]));
                 }
-            };
-            for (t, per_layer) in self.units.iter().enumerate() {
-                if let Some(Some(u)) = per_layer.get(layer) {
-                    if u.len() == d {
-                        self.scores[idx].1[t][layer] = personascope_gguf::dot_f32(row, u);
+                if c.layers.contains(&layer) {
+                    if let Some((_, rows)) = self.out.captured.iter_mut().find(|(p, _)| *p == pos) {
+                        rows[layer] = row.to_vec();
+                    }
+                }
+            }
+            if let Some(m) = self.plan.mean.as_ref().filter(|m| m.positions.contains(&pos)) {
+                if layer == 0 {
+                    self.summed += 1;
+                }
+                if m.layers.contains(&layer) {
+                    let sum = &mut self.sums[layer];
+                    sum.resize(d, 0.0);
+                    for (s, &x) in sum.iter_mut().zip(row) {
+                        *s += x as f64;
+                    }
+                }
+            }
+            if let (Some(r), Some(units)) = (&self.plan.project, self.units) {
+                if r.contains(&pos) {
+                    if layer == 0 {
+                        self.out.scores.push((pos, vec![vec![f32::NAN; layers]; units.len()]));
+                    }
+                    if let Some((_, sc)) = self.out.scores.iter_mut().find(|(p, _)| *p == pos) {
+                        for (t, per_layer) in units.iter().enumerate() {
+                            if let Some(Some(u)) = per_layer.get(layer) {
+                                sc[t][layer] = personascope_gguf::dot_f32(row, u);
+                            }
+                        }
                     }
                 }
             }
         }
+    }
+}
+
+impl PlanHook<'_> {
+    /// What the plan returned over the forward calls this hook saw (log-probabilities are the caller's: the hook
+    /// does not see logits).
+    pub fn finish(self) -> PlanOut {
+        let mut out = self.out;
+        if let Some(m) = &self.plan.mean {
+            let n = self.summed;
+            out.mean = Some(
+                self.sums
+                    .iter()
+                    .enumerate()
+                    .map(|(l, s)| match (m.layers.contains(&l), n) {
+                        (false, _) => Vec::new(),
+                        (true, 0) => vec![0.0; s.len().max(self.d)],
+                        (true, n) => s.iter().map(|&x| (x / n as f64) as f32).collect(),
+                    })
+                    .collect(),
+            );
+        }
+        out
+    }
+}
+
+impl crate::Model {
+    /// The plan over `tokens` in one single-sequence forward call (the reference for the engines).
+    pub fn run_plan(&self, tokens: &[u32], plan: &Plan, units: Option<&Units>) -> crate::Result<PlanOut> {
+        plan.validate(tokens.len(), self.config.n_layers, self.config.d_model)?;
+        let mut hook = PlanHook::new(plan, units, self.config.n_layers);
+        let mut cache = self.new_cache();
+        let from = plan.logprobs.as_ref().map_or(tokens.len() - 1, |r| r.start - 1);
+        let logits = self.forward(&mut cache, tokens, &mut hook, crate::Logits::From(from))?;
+        let vocab = self.config.vocab_size;
+        let mut out = hook.finish();
+        if let Some(r) = &plan.logprobs {
+            for t in r.clone() {
+                let row = &logits[(t - 1 - from) * vocab..(t - from) * vocab];
+                out.logprobs.push(crate::plan::log_prob(row, tokens[t]));
+            }
+        }
+        Ok(out)
     }
 }

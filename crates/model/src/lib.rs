@@ -3,12 +3,18 @@
 
 pub mod chat;
 pub mod config;
+pub mod cpu;
+pub mod engine;
 mod error;
+mod gemm;
 pub mod generate;
 pub mod hooks;
 pub mod model;
 pub mod ops;
+pub mod plan;
+pub mod reply;
 pub mod sample;
+pub mod schedule;
 pub mod tokenizer;
 mod weights;
 
@@ -16,7 +22,11 @@ pub use chat::{ChatTemplate, Message};
 pub use config::{Arch, Config, RopePairing};
 pub use error::{ModelError, Result};
 pub use generate::{generate, Flow, Generation, StopReason, TokenEvent};
-pub use hooks::{Capture, NoHook, Projection, ResidualHook, Steer, Steering};
+pub use hooks::{NoHook, PlanHook, ResidualHook, Steering};
+pub use cpu::CpuEngine;
+pub use engine::{Engine, Limits, StepToken, Wave, WaveSeq};
 pub use model::{KvCache, Logits, Model};
+pub use plan::{Layers, Plan, PlanOut, Span, Units};
+pub use schedule::{generate_many, run_passes, GenOut, GenSpec, PassSpec, Passes};
 pub use sample::{argmax, Rng, Sampler, SamplingParams};
-pub use tokenizer::Tokenizer;
+pub use tokenizer::{TextStream, Tokenizer};

@@ -4,7 +4,7 @@
 use crate::config::Config;
 use crate::hooks::ResidualHook;
 use crate::ops;
-use crate::ops::{add, add_bias, attention, rms_norm, silu_gate};
+use crate::ops::{add, add_bias, rms_norm, silu_gate};
 use crate::weights::{QMatrix, Weights};
 use crate::{ChatTemplate, ModelError, Result, Tokenizer};
 use personascope_gguf::Gguf;
@@ -48,6 +48,32 @@ impl KvCache {
             }
             self.len = len;
         }
+    }
+}
+
+/// Rows of one sequence in a ragged batch: consecutive positions from `pos0`.
+#[derive(Debug, Clone)]
+pub(crate) struct Segment {
+    pub pos0: usize,
+    pub rows: std::ops::Range<usize>,
+}
+
+/// Where the blocks keep keys and values of the segments of a call.
+pub(crate) trait KvStore: Sync {
+    /// Appends the rotated keys and the values of segment `seg`'s rows at block `layer`.
+    fn append(&mut self, seg: usize, layer: usize, k: &[f32], v: &[f32]);
+    /// The keys and values segment `seg` sees at block `layer`, in position order, as up to two parts (a shared
+    /// prefix's, then its own).
+    fn parts(&self, seg: usize, layer: usize) -> [(&[f32], &[f32]); 2];
+}
+
+impl KvStore for KvCache {
+    fn append(&mut self, _: usize, layer: usize, k: &[f32], v: &[f32]) {
+        self.k[layer].extend_from_slice(k);
+        self.v[layer].extend_from_slice(v);
+    }
+    fn parts(&self, _: usize, layer: usize) -> [(&[f32], &[f32]); 2] {
+        [(&self.k[layer], &self.v[layer]), (&[], &[])]
     }
 }
 
@@ -105,6 +131,10 @@ impl Model {
 
     /// Runs `tokens` (at positions `cache.len()..`) through the model, extending the cache, calling `hook` at
     /// every residual index (0 = embeddings, k = output of block k-1), and returns the logits asked for.
+    ///
+    /// This is the single-sequence entry with a closure hook, for research and the golden tests; the persona
+    /// methods describe their passes as [`crate::plan::Plan`]s and run them through [`crate::cpu::CpuEngine`],
+    /// which shares the same block code ([`Model::run_blocks`]).
     pub fn forward(
         &self,
         cache: &mut KvCache,
@@ -120,11 +150,44 @@ impl Model {
         if pos0 + n > c.context_length {
             return Err(ModelError::ContextFull { needed: pos0 + n, max: c.context_length });
         }
-        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= c.vocab_size) {
-            return Err(ModelError::TokenOutOfRange { id, vocab: c.vocab_size });
-        }
         if cache.k.len() != c.n_layers {
             *cache = self.new_cache();
+        }
+        let segs = [Segment { pos0, rows: 0..n }];
+        let x = self.run_blocks(tokens, &segs, cache, c.n_layers, &mut |layer, x| hook.on_residual(layer, pos0, x, d))?;
+        cache.len += n;
+        let rows = match logits {
+            Logits::Last => &x[(n - 1) * d..],
+            Logits::All => &x[..],
+            Logits::From(i) => &x[i.min(n - 1) * d..],
+        };
+        Ok(self.head(rows))
+    }
+
+    /// The final norm and LM head over `rows` ([m, d]): logits [m, vocab].
+    pub(crate) fn head(&self, rows: &[f32]) -> Vec<f32> {
+        let mut normed = vec![0f32; rows.len()];
+        rms_norm(rows, &self.weights.output_norm, self.config.rms_eps, &mut normed);
+        self.lm_head(&self.weights.lm_head, &normed)
+    }
+
+    /// The first `blocks` blocks over `tokens`, a ragged batch: segment i holds rows `segs[i].rows` (consecutive
+    /// positions from `segs[i].pos0`) of one sequence whose keys and values `kv` keeps. Every row's K/V is appended
+    /// before any row attends, so a segment may read the keys of another segment of the same call (a shared
+    /// prefix). `hook(L, x)` sees all rows at every residual index L in `0..=blocks`. Returns the residual stream
+    /// [n, d] after the last block run.
+    pub(crate) fn run_blocks(
+        &self,
+        tokens: &[u32],
+        segs: &[Segment],
+        kv: &mut dyn KvStore,
+        blocks: usize,
+        hook: &mut dyn FnMut(usize, &mut [f32]),
+    ) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let (d, n) = (c.d_model, tokens.len());
+        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= c.vocab_size) {
+            return Err(ModelError::TokenOutOfRange { id, vocab: c.vocab_size });
         }
         let file = &self.file[..];
         let w = &self.weights;
@@ -133,7 +196,7 @@ impl Model {
         for (row, &id) in x.chunks_exact_mut(d).zip(tokens) {
             w.token_embd.dequantize_row(file, id as usize, row)?;
         }
-        hook.on_residual(0, pos0, &mut x, d);
+        hook(0, &mut x);
 
         let mut xn = vec![0f32; n * d]; // [n, d] normalized input of a sub-layer
         let mut q = vec![0f32; n * c.q_dim()]; // [n, n_heads * head_dim]
@@ -143,8 +206,19 @@ impl Model {
         let mut proj = vec![0f32; n * d]; // [n, d] output of attn_output / ffn_down
         let mut gate = vec![0f32; n * c.d_ff]; // [n, d_ff]
         let mut up = vec![0f32; n * c.d_ff];
+        let (qd, kvd) = (c.q_dim(), c.kv_dim());
+        let heads = ops::Heads { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, hd: c.head_dim };
+        // Per row: its segment and position.
+        let mut row_seg = vec![(0usize, 0usize); n];
+        for (i, s) in segs.iter().enumerate() {
+            for (j, r) in s.rows.clone().enumerate() {
+                if let Some(slot) = row_seg.get_mut(r) {
+                    *slot = (i, s.pos0 + j);
+                }
+            }
+        }
 
-        for (l, b) in w.blocks.iter().enumerate() {
+        for (l, b) in w.blocks.iter().take(blocks).enumerate() {
             // Attention sub-layer.
             rms_norm(&x, &b.attn_norm, c.rms_eps, &mut xn);
             b.wq.matmul(file, &xn, &mut q);
@@ -155,11 +229,20 @@ impl Model {
                 add_bias(&mut k, bk);
                 add_bias(&mut v, bv);
             }
-            self.rope(&mut q, c.n_heads, pos0);
-            self.rope(&mut k, c.n_kv_heads, pos0);
-            cache.k[l].extend_from_slice(&k);
-            cache.v[l].extend_from_slice(&v);
-            attention(c.n_heads, c.n_kv_heads, c.head_dim, &q, &cache.k[l], &cache.v[l], pos0, &mut att);
+            for (i, s) in segs.iter().enumerate() {
+                self.rope(&mut q[s.rows.start * qd..s.rows.end * qd], c.n_heads, s.pos0);
+                self.rope(&mut k[s.rows.start * kvd..s.rows.end * kvd], c.n_kv_heads, s.pos0);
+                kv.append(i, l, &k[s.rows.start * kvd..s.rows.end * kvd], &v[s.rows.start * kvd..s.rows.end * kvd]);
+            }
+            {
+                let kv: &dyn KvStore = kv;
+                let (q, row_seg) = (&q, &row_seg);
+                ops::for_each_head(&mut att, c.head_dim, |idx, o| {
+                    let (row, h) = (idx / c.n_heads, idx % c.n_heads);
+                    let (seg, pos) = row_seg[row];
+                    heads.attend(h, &q[row * qd..(row + 1) * qd], &kv.parts(seg, l), pos + 1, o);
+                });
+            }
             b.wo.matmul(file, &att, &mut proj);
             add(&mut x, &proj);
 
@@ -171,18 +254,9 @@ impl Model {
             b.w_down.matmul(file, &gate, &mut proj);
             add(&mut x, &proj);
 
-            hook.on_residual(l + 1, pos0, &mut x, d);
+            hook(l + 1, &mut x);
         }
-        cache.len += n;
-
-        let rows = match logits {
-            Logits::Last => &x[(n - 1) * d..],
-            Logits::All => &x[..],
-            Logits::From(i) => &x[i.min(n - 1) * d..],
-        };
-        let mut normed = vec![0f32; rows.len()];
-        rms_norm(rows, &w.output_norm, c.rms_eps, &mut normed);
-        Ok(self.lm_head(&w.lm_head, &normed))
+        Ok(x)
     }
 
     fn lm_head(&self, head: &QMatrix, normed: &[f32]) -> Vec<f32> {

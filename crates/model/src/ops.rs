@@ -40,38 +40,69 @@ pub fn attention(
     pos0: usize,
     out: &mut [f32],
 ) {
-    let kv_dim = n_kv_heads * hd;
-    let group = n_heads / n_kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
-    let one_head = |idx: usize, o: &mut [f32]| {
-        let (t, h) = (idx / n_heads, idx % n_heads);
-        let kv_off = (h / group) * hd;
-        let qh = &q[idx * hd..(idx + 1) * hd];
-        let n_keys = pos0 + t + 1;
-        let mut scores: Vec<f32> =
-            (0..n_keys).map(|j| dot(qh, &k_cache[j * kv_dim + kv_off..j * kv_dim + kv_off + hd]) * scale).collect();
+    let shape = Heads { n_heads, n_kv_heads, hd };
+    for_each_head(out, hd, |idx, o| {
+        let t = idx / n_heads;
+        shape.attend(idx % n_heads, &q[t * n_heads * hd..(t + 1) * n_heads * hd], &[(k_cache, v_cache)], pos0 + t + 1, o)
+    });
+}
+
+/// Attention head shapes.
+#[derive(Debug, Clone, Copy)]
+pub struct Heads {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub hd: usize,
+}
+
+impl Heads {
+    /// Head `h` of one query row (`q_row`: [n_heads * hd]) over its first `n_keys` keys, which lie in `parts` in
+    /// position order (each part [rows, n_kv_heads * hd]: a shared prefix's cache, then the sequence's own). This is
+    /// the CPU twin of `attention.wgsl`, which reads a row's keys from the same two parts.
+    pub fn attend(&self, h: usize, q_row: &[f32], parts: &[(&[f32], &[f32])], n_keys: usize, o: &mut [f32]) {
+        let (hd, kv_dim) = (self.hd, self.n_kv_heads * self.hd);
+        let kv_off = (h / (self.n_heads / self.n_kv_heads)) * hd;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let qh = &q_row[h * hd..(h + 1) * hd];
+        let keys = || {
+            parts
+                .iter()
+                .flat_map(|(k, v)| k.chunks_exact(kv_dim).zip(v.chunks_exact(kv_dim)))
+                .take(n_keys)
+                .map(|(k, v)| (&k[kv_off..kv_off + hd], &v[kv_off..kv_off + hd]))
+        };
+        let scores: Vec<f32> = keys().map(|(k, _)| dot(qh, k) * scale).collect();
         let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
         let mut sum = 0f32;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
+        let exps: Vec<f32> = scores
+            .iter()
+            .map(|&s| {
+                let e = (s - max).exp();
+                sum += e;
+                e
+            })
+            .collect();
         o.fill(0.0);
-        for (j, s) in scores.iter().enumerate() {
-            let p = s / sum;
-            for (oi, vi) in o.iter_mut().zip(&v_cache[j * kv_dim + kv_off..j * kv_dim + kv_off + hd]) {
+        for (e, (_, v)) in exps.iter().zip(keys()) {
+            let p = e / sum;
+            for (oi, vi) in o.iter_mut().zip(v) {
                 *oi += p * vi;
             }
         }
-    };
+    }
+}
+
+/// Runs `f(index, chunk)` for every `hd`-sized chunk of `out` (one attention head of one row), in parallel where
+/// the `parallel` feature is on.
+pub fn for_each_head(out: &mut [f32], hd: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
     #[cfg(feature = "parallel")]
     {
         use rayon::prelude::*;
-        out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| one_head(i, o));
+        out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| f(i, o));
     }
     #[cfg(not(feature = "parallel"))]
     for (i, o) in out.chunks_mut(hd).enumerate() {
-        one_head(i, o);
+        f(i, o);
     }
 }
 

@@ -398,17 +398,36 @@ impl Tokenizer {
 /// pieces plus [`StreamDecoder::finish`] equals `decode(ids, true)`.
 pub struct StreamDecoder<'a> {
     tok: &'a Tokenizer,
-    pending: Vec<u8>,
+    text: TextStream,
 }
 
 impl<'a> StreamDecoder<'a> {
     pub fn new(tok: &'a Tokenizer) -> Self {
-        StreamDecoder { tok, pending: Vec::new() }
+        StreamDecoder { tok, text: TextStream::default() }
     }
 
     /// Adds one token and returns the text it completes (possibly empty).
     pub fn push(&mut self, id: u32) -> Result<String> {
-        self.tok.push_bytes(id, true, &mut self.pending)?;
+        self.text.push(self.tok, id)
+    }
+
+    /// Flushes what is held back; an incomplete character becomes U+FFFD.
+    pub fn finish(&mut self) -> String {
+        self.text.finish()
+    }
+}
+
+/// [`StreamDecoder`] without the borrow of the tokenizer (passed at each push), for state that lives next to a
+/// mutably borrowed engine.
+#[derive(Debug, Clone, Default)]
+pub struct TextStream {
+    pending: Vec<u8>,
+}
+
+impl TextStream {
+    /// Adds one token and returns the text it completes (possibly empty).
+    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<String> {
+        tok.push_bytes(id, true, &mut self.pending)?;
         let mut out = String::new();
         let mut start = 0;
         loop {

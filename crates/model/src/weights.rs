@@ -1,8 +1,9 @@
 //! Model weights: quantized matrices kept as stored in the file, small vectors dequantized to f32.
 
 use crate::config::Config;
+use crate::gemm;
 use crate::{ModelError, Result};
-use personascope_gguf::{dequantize, dot_f32 as dot, dot_row, GgmlType, Gguf};
+use personascope_gguf::{dequantize, dot_row, GgmlType, Gguf};
 use std::ops::Range;
 
 /// A matrix of `rows` x `cols` stored in a GGML type; row r is `cols` contiguous elements (GGML dims [cols, rows]).
@@ -44,8 +45,9 @@ impl QMatrix {
 
     /// out[t, r] = sum_c W[r, c] x[t, c] for `n` = x.len() / cols input rows.
     ///
-    /// For one input row each weight row is dotted straight from its stored blocks; for several, each weight
-    /// row is dequantized once and reused for every input row (prompt processing is matrix-matrix).
+    /// For one input row each weight row is dotted straight from its stored blocks; for several (prompt
+    /// processing is matrix-matrix), the weights are dequantized a chunk of rows at a time and multiplied in
+    /// register tiles (`gemm`), each dequantized row serving every input row.
     pub fn matmul(&self, file: &[u8], x: &[f32], out: &mut [f32]) {
         let n = x.len() / self.cols;
         debug_assert_eq!(out.len(), n * self.rows);
@@ -57,19 +59,26 @@ impl QMatrix {
             });
             return;
         }
-        // Rows-major result [rows, n], transposed at the end.
+        gemm::matmul(gemm::Kernel::detect(), self.ty, self.rows, self.cols, |r| self.row(file, r), x, out);
+    }
+
+    /// The former n > 1 path (each weight row dequantized, then one `dot_f32` per input row, into a [rows, n]
+    /// buffer transposed at the end): the baseline that the `gemm` tests and microbenchmark compare against.
+    #[cfg(test)]
+    pub(crate) fn matmul_reference(&self, file: &[u8], x: &[f32], out: &mut [f32]) {
+        let n = x.len() / self.cols;
+        debug_assert_eq!(out.len(), n * self.rows);
         let mut tmp = vec![0f32; self.rows * n];
         par_rows(&mut tmp, 16 * n, |flat0, chunk| {
             let r0 = flat0 / n;
             let mut w = vec![0f32; self.cols];
             for (i, out_row) in chunk.chunks_mut(n).enumerate() {
-                // Sizes were validated at load, so this cannot fail.
                 if dequantize(self.ty, self.row(file, r0 + i), &mut w).is_err() {
                     out_row.fill(f32::NAN);
                     continue;
                 }
                 for (t, o) in out_row.iter_mut().enumerate() {
-                    *o = dot(&w, &x[t * self.cols..(t + 1) * self.cols]);
+                    *o = personascope_gguf::dot_f32(&w, &x[t * self.cols..(t + 1) * self.cols]);
                 }
             }
         });

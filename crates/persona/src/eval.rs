@@ -12,7 +12,8 @@
 
 use personascope_model::{Flow, Steering};
 
-use crate::backend::{Backend, Pass};
+use crate::backend::{self, Backend, Plan, Span};
+use personascope_model::schedule::PassSpec;
 use crate::error::{PersonaError, Result};
 use crate::monitor::NeutralItem;
 use crate::stats;
@@ -112,30 +113,14 @@ struct Item {
     answers: [Vec<u32>; 2],
 }
 
-fn mean_lp(lp: &[f32]) -> f32 {
-    stats::mean(lp)
-}
-
-async fn answer_logprobs<B: Backend>(
-    b: &mut B,
-    prompt: &[u32],
-    answer: &[u32],
-    steer: &[Steering],
-    want_mean: bool,
-) -> Result<(Vec<f32>, Option<Vec<Vec<f32>>>)> {
+/// A pass over a prompt and an answer that returns the answer's log-probabilities (and, with `mean`, its mean
+/// residual at every index), steered as given.
+fn answer_pass(prompt: &[u32], answer: &[u32], steer: Vec<Steering>, mean: Option<usize>) -> PassSpec {
     let p = prompt.len();
     let tokens: Vec<u32> = prompt.iter().chain(answer).copied().collect();
     let n = tokens.len();
-    let out = b
-        .pass(&Pass {
-            tokens: &tokens,
-            steer,
-            logprobs: Some(p..n),
-            mean_over: want_mean.then_some(p..n),
-            ..Default::default()
-        })
-        .await?;
-    Ok((out.logprobs, out.mean))
+    let mean = mean.map(|n_layers| Span::all_layers(p..n, n_layers));
+    PassSpec { tokens, plan: Plan { steer, logprobs: Some(p..n), mean, ..Default::default() } }
 }
 
 /// Steering at residual index `layer` with the paper's `response` positions for a prompt of `p` tokens.
@@ -148,22 +133,15 @@ fn response_steer(vector: &TraitVector, layer: usize, alpha: f32, p: usize) -> V
         .collect()
 }
 
-/// Perplexity of the neutral answers (given their questions), steered at `layer` by `alpha` (0: unsteered).
-async fn perplexity<B: Backend>(
-    b: &mut B,
-    neutral: &[(Vec<u32>, Vec<u32>)],
-    vector: &TraitVector,
-    layer: usize,
-    alpha: f32,
-) -> Result<f32> {
-    let (mut nll, mut count) = (0f64, 0usize);
-    for (prompt, answer) in neutral {
-        let steer = if alpha == 0.0 { Vec::new() } else { response_steer(vector, layer, alpha, prompt.len()) };
-        let (lp, _) = answer_logprobs(b, prompt, answer, &steer, false).await?;
-        nll -= lp.iter().map(|&x| x as f64).sum::<f64>();
-        count += lp.len();
+/// exp(mean negative log-likelihood) over the log-probabilities of several answers.
+fn perplexity(lps: &[&[f32]]) -> f32 {
+    let count: usize = lps.iter().map(|l| l.len()).sum();
+    let nll: f64 = -lps.iter().flat_map(|l| l.iter()).map(|&x| x as f64).sum::<f64>();
+    if count == 0 {
+        f32::NAN
+    } else {
+        (nll / count as f64).exp() as f32
     }
-    Ok(if count == 0 { f32::NAN } else { (nll / count as f64).exp() as f32 })
 }
 
 /// Evaluates `vector` for `def` on the model behind `backend`.
@@ -183,13 +161,11 @@ pub async fn evaluate<B: Backend>(
     let pairs = opts.pairs.unwrap_or(def.instructions.len()).clamp(1, def.instructions.len());
     let questions = opts.questions.unwrap_or(def.evaluation_questions.len()).clamp(1, def.evaluation_questions.len());
     let evalq = &def.evaluation_questions[..questions];
-    let mut stop = |p: Progress| if progress(p) == Flow::Stop { Err(PersonaError::Cancelled) } else { Ok(()) };
 
-    // Separation at the last prompt token.
-    let mut proj_pos = vec![Vec::new(); layers];
-    let mut proj_neg = vec![Vec::new(); layers];
-    let total = questions * pairs * 2;
-    let mut done = 0;
+    let n = c.n_layers;
+    // One batch job: separation prompts, the reference answers, the neutral answers.
+    let mut specs: Vec<PassSpec> = Vec::new();
+    let mut polarity = Vec::new();
     for q in evalq {
         for pair in 0..pairs {
             for positive in [true, false] {
@@ -197,20 +173,13 @@ pub async fn evaluate<B: Backend>(
                     PersonaError::Input(format!("instruction pair {pair} missing in trait {:?}", def.name))
                 })?;
                 let prompt = backend.chat_prompt(Some(&system), &q.question)?;
-                let out = backend.pass(&Pass { tokens: &prompt, ..Default::default() }).await?;
-                for (l, u) in units.iter().enumerate() {
-                    if let (Some(u), Some(h)) = (u, out.last.get(l)) {
-                        let side = if positive { &mut proj_pos[l] } else { &mut proj_neg[l] };
-                        side.push(stats::dot(h, u));
-                    }
-                }
-                done += 1;
-                stop(Progress { stage: "separation", done, total })?;
+                let plan = backend::last_token_plan(prompt.len(), n);
+                specs.push(PassSpec { tokens: prompt, plan });
+                polarity.push(positive);
             }
         }
     }
-
-    // Reference answers without steering: baseline margins and the response reading.
+    let separation = specs.len();
     let mut items = Vec::with_capacity(questions);
     for q in evalq {
         let prompt = backend.chat_prompt(None, &q.question)?;
@@ -221,14 +190,44 @@ pub async fn evaluate<B: Backend>(
         }
         items.push(Item { prompt, answers });
     }
+    for it in &items {
+        for a in &it.answers {
+            specs.push(answer_pass(&it.prompt, a, Vec::new(), Some(n)));
+        }
+    }
+    let neutral_tokens = neutral
+        .iter()
+        .map(|n| -> Result<(Vec<u32>, Vec<u32>)> {
+            Ok((backend.chat_prompt(None, &n.question)?, backend.tokenizer().encode(&n.answer)?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for (prompt, answer) in &neutral_tokens {
+        specs.push(answer_pass(prompt, answer, Vec::new(), None));
+    }
+    let total = specs.len();
+    let outs = backend::all_passes(backend, &specs, None, &mut |p| {
+        progress(Progress { stage: "separation", done: p.done, total })
+    })
+    .await?;
+    let mut proj_pos = vec![Vec::new(); layers];
+    let mut proj_neg = vec![Vec::new(); layers];
+    for (out, &positive) in outs[..separation].iter().zip(&polarity) {
+        let last = backend::last_rows(out)?;
+        for (l, u) in units.iter().enumerate() {
+            if let (Some(u), Some(h)) = (u, last.get(l)) {
+                let side = if positive { &mut proj_pos[l] } else { &mut proj_neg[l] };
+                side.push(stats::dot(h, u));
+            }
+        }
+    }
     let mut base_margins = Vec::with_capacity(questions);
     let mut resp = [vec![Vec::new(); layers], vec![Vec::new(); layers]];
-    for (i, it) in items.iter().enumerate() {
+    let reference = &outs[separation..separation + 2 * items.len()];
+    for pair in reference.chunks_exact(2) {
         let mut m = [0f32; 2];
         for k in 0..2 {
-            let (lp, mean) = answer_logprobs(backend, &it.prompt, &it.answers[k], &[], true).await?;
-            m[k] = mean_lp(&lp);
-            if let Some(mean) = mean {
+            m[k] = stats::mean(&pair[k].logprobs);
+            if let Some(mean) = &pair[k].mean {
                 for (l, u) in units.iter().enumerate() {
                     if let (Some(u), Some(h)) = (u, mean.get(l)) {
                         resp[k][l].push(stats::dot(h, u));
@@ -237,15 +236,9 @@ pub async fn evaluate<B: Backend>(
             }
         }
         base_margins.push(m[0] - m[1]);
-        stop(Progress { stage: "reference answers", done: i + 1, total: questions })?;
     }
-    let neutral_tokens = neutral
-        .iter()
-        .map(|n| -> Result<(Vec<u32>, Vec<u32>)> {
-            Ok((backend.chat_prompt(None, &n.question)?, backend.tokenizer().encode(&n.answer)?))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let baseline_perplexity = perplexity(backend, &neutral_tokens, vector, 0, 0.0).await?;
+    let neutral_lps: Vec<&[f32]> = outs[separation + 2 * items.len()..].iter().map(|o| &o.logprobs[..]).collect();
+    let baseline_perplexity = perplexity(&neutral_lps);
 
     let layer_rows: Vec<LayerRow> = (0..layers)
         .map(|l| LayerRow {
@@ -294,24 +287,38 @@ pub async fn evaluate<B: Backend>(
         }
     };
     let alphas: Vec<f32> = opts.alphas.iter().copied().filter(|a| *a != 0.0 && a.is_finite()).collect();
+    // One batch job for the whole sweep: per (layer, alpha) both answers of every question and every neutral answer.
+    let settings: Vec<(usize, f32)> = steer_layers.iter().flat_map(|&l| alphas.iter().map(move |&a| (l, a))).collect();
+    let mut specs = Vec::new();
+    for &(layer, alpha) in &settings {
+        for it in &items {
+            for a in &it.answers {
+                specs.push(answer_pass(&it.prompt, a, response_steer(vector, layer, alpha, it.prompt.len()), None));
+            }
+        }
+        for (prompt, answer) in &neutral_tokens {
+            specs.push(answer_pass(prompt, answer, response_steer(vector, layer, alpha, prompt.len()), None));
+        }
+    }
+    let total = specs.len();
+    let outs =
+        backend::all_passes(backend, &specs, None, &mut |p| progress(Progress { stage: "steering", done: p.done, total }))
+            .await?;
+    let per_setting = 2 * items.len() + neutral_tokens.len();
     let mut steering = Vec::new();
     let mut slopes = Vec::new();
-    let total = steer_layers.len() * alphas.len();
-    let mut done = 0;
     for &layer in &steer_layers {
         let (mut xs, mut ys) = (vec![0f32], vec![0f32]);
-        for &alpha in &alphas {
-            let mut changes = Vec::with_capacity(items.len());
-            for (it, base) in items.iter().zip(&base_margins) {
-                let steer = response_steer(vector, layer, alpha, it.prompt.len());
-                let mut m = [0f32; 2];
-                for (mk, answer) in m.iter_mut().zip(&it.answers) {
-                    *mk = mean_lp(&answer_logprobs(backend, &it.prompt, answer, &steer, false).await?.0);
-                }
-                changes.push(m[0] - m[1] - base);
-            }
+        for (si, &(_, alpha)) in settings.iter().enumerate().filter(|(_, (l, _))| *l == layer) {
+            let block = &outs[si * per_setting..(si + 1) * per_setting];
+            let changes: Vec<f32> = block[..2 * items.len()]
+                .chunks_exact(2)
+                .zip(&base_margins)
+                .map(|(pair, base)| stats::mean(&pair[0].logprobs) - stats::mean(&pair[1].logprobs) - base)
+                .collect();
             let wrong = changes.iter().filter(|&&dm| dm * alpha.signum() < 0.0).count();
-            let ppl = perplexity(backend, &neutral_tokens, vector, layer, alpha).await?;
+            let lps: Vec<&[f32]> = block[2 * items.len()..].iter().map(|o| &o.logprobs[..]).collect();
+            let ppl = perplexity(&lps);
             let margin_change = stats::mean(&changes);
             xs.push(alpha);
             ys.push(margin_change);
@@ -323,8 +330,6 @@ pub async fn evaluate<B: Backend>(
                 perplexity: ppl,
                 ppl_cost_pct: (ppl / baseline_perplexity - 1.0) * 100.0,
             });
-            done += 1;
-            stop(Progress { stage: "steering", done, total })?;
         }
         slopes.push((layer, stats::slope(&xs, &ys)));
     }

@@ -4,7 +4,8 @@
 
 use personascope_model::{Flow, SamplingParams};
 
-use crate::backend::{Backend, Layers, Pass};
+use crate::backend::{self, Backend, Layers, Plan, Span};
+use personascope_model::schedule::{self, GenSpec, PassSpec};
 use crate::error::{PersonaError, Result};
 use crate::traits::TraitDefinition;
 use crate::vector_file::{TraitVector, VectorMeta};
@@ -143,7 +144,16 @@ impl Sums {
     }
 }
 
-/// Extracts the vector of `def` from the model behind `backend`. `progress` is called after every sample and may
+/// One (question, instruction pair, rollout) slot: its prompts under the positive and the negative system prompt.
+struct Slot {
+    question: usize,
+    pair: usize,
+    rollout: usize,
+    prompts: [Vec<u32>; 2],
+}
+
+/// Extracts the vector of `def` from the model behind `backend`. Every prompt (and, in response mode, every
+/// generation and its re-run) goes to the engine in one batch job. `progress` is called as batches finish and may
 /// stop the run (an error then: a partial vector would be a different vector).
 pub async fn extract<B: Backend>(
     backend: &mut B,
@@ -161,87 +171,116 @@ pub async fn extract<B: Backend>(
     if opts.mode == Mode::Response && opts.max_tokens == 0 {
         return Err(PersonaError::Input("response mode needs max_tokens > 0".into()));
     }
-    let total = questions * pairs * rollouts;
-    let (mut pos, mut neg) = (Sums::new(layers, d), Sums::new(layers, d));
-    let mut responses = Vec::new();
-    let mut dropped_pairs = 0;
-    let mut done = 0;
+    let mut slots = Vec::with_capacity(questions * pairs * rollouts);
     for (qi, question) in def.extraction_questions.iter().take(questions).enumerate() {
         for pair in 0..pairs {
-            // Both polarities of a slot are kept or dropped together, as the released code does (aligned pairs).
-            let mut prompts = Vec::with_capacity(2);
-            for positive in [true, false] {
+            let mut prompts: [Vec<u32>; 2] = Default::default();
+            for (k, positive) in [true, false].into_iter().enumerate() {
                 let system = def.system_prompt(pair, positive).ok_or_else(|| {
                     PersonaError::Input(format!("instruction pair {pair} missing in trait {:?}", def.name))
                 })?;
-                prompts.push(backend.chat_prompt(Some(&system), question)?);
+                prompts[k] = backend.chat_prompt(Some(&system), question)?;
             }
             for rollout in 0..rollouts {
-                let mut rows: Vec<Layers> = Vec::with_capacity(2);
-                let mut keep_slot = true;
-                for (k, prompt) in prompts.iter().enumerate() {
-                    let positive = k == 0;
-                    let p = prompt.len();
-                    let out = match opts.mode {
-                        Mode::PromptLast => backend.pass(&Pass { tokens: prompt, ..Default::default() }).await?.last,
-                        Mode::PromptAvg => backend
-                            .pass(&Pass { tokens: prompt, mean_over: Some(0..p), ..Default::default() })
-                            .await?
-                            .mean
-                            .unwrap_or_default(),
-                        Mode::Response => {
-                            // A distinct, reproducible stream per sample; the pair index is in it so that the two
-                            // polarities of a slot do not share randomness by accident.
-                            let mut sampling = opts.sampling.clone();
-                            sampling.seed = opts
-                                .sampling
-                                .seed
-                                .wrapping_add(((qi * pairs + pair) * rollouts + rollout) as u64 * 2 + k as u64);
-                            let reply = backend
-                                .generate(prompt, opts.max_tokens, &sampling, &[], &[], &mut |_, _, _| Flow::Continue)
-                                .await?;
-                            let kept = !reply.ids.is_empty() && filter.keep(question, positive, &reply.text);
-                            responses.push(ResponseRecord {
-                                question: qi,
-                                pair,
-                                rollout,
-                                positive,
-                                text: reply.text.clone(),
-                                kept,
-                            });
-                            keep_slot &= kept;
-                            if !kept {
-                                rows.push(Vec::new());
-                                continue;
-                            }
-                            let mut tokens = prompt.clone();
-                            tokens.extend_from_slice(&reply.ids);
-                            let n = tokens.len();
-                            backend
-                                .pass(&Pass { tokens: &tokens, mean_over: Some(p..n), ..Default::default() })
-                                .await?
-                                .mean
-                                .unwrap_or_default()
-                        }
-                    };
-                    rows.push(out);
-                }
-                if keep_slot {
-                    pos.add(&rows[0]);
-                    neg.add(&rows[1]);
-                } else {
-                    dropped_pairs += 1;
-                    for r in responses.iter_mut().rev().take(2) {
-                        r.kept = false;
-                    }
-                }
-                done += 1;
-                if progress(Progress { done, total }) == Flow::Stop {
-                    return Err(PersonaError::Cancelled);
-                }
+                slots.push(Slot { question: qi, pair, rollout, prompts: prompts.clone() });
             }
         }
     }
+    let total = slots.len();
+    // Progress counts slots; response mode reports its generations as the first half of the work.
+    let halves = if opts.mode == Mode::Response { 2 } else { 1 };
+    let mut report = |base: usize, p: schedule::Progress| {
+        let done = (base + p.done) / (2 * halves);
+        progress(Progress { done: done.min(total), total })
+    };
+    let n = c.n_layers;
+    // (slot, polarity) -> tokens of the pass and the positions averaged.
+    let mut runs: Vec<(usize, usize, Vec<u32>, std::ops::Range<usize>)> = Vec::with_capacity(2 * total);
+    let mut responses = Vec::new();
+    let mut keep = vec![true; total];
+    match opts.mode {
+        Mode::PromptLast | Mode::PromptAvg => {
+            for (i, s) in slots.iter().enumerate() {
+                for k in 0..2 {
+                    let p = s.prompts[k].len();
+                    let range = if opts.mode == Mode::PromptLast { p - 1..p } else { 0..p };
+                    runs.push((i, k, s.prompts[k].clone(), range));
+                }
+            }
+        }
+        Mode::Response => {
+            let specs: Vec<GenSpec> = slots
+                .iter()
+                .flat_map(|s| (0..2).map(move |k| (s, k)))
+                .map(|(s, k)| {
+                    // A distinct, reproducible stream per sample; the pair index is in it so that the two polarities of
+                    // a slot do not share randomness by accident.
+                    let mut sampling = opts.sampling.clone();
+                    sampling.seed = opts
+                        .sampling
+                        .seed
+                        .wrapping_add(((s.question * pairs + s.pair) * rollouts + s.rollout) as u64 * 2 + k as u64);
+                    GenSpec { prompt: s.prompts[k].clone(), max_tokens: opts.max_tokens, sampling, plan: Plan::default() }
+                })
+                .collect();
+            let replies = backend::generate(backend, &specs, None, &mut |_| Flow::Continue, &mut |p| report(0, p)).await?;
+            if replies.iter().any(|r| r.stop == personascope_model::StopReason::Cancelled) {
+                return Err(PersonaError::Cancelled);
+            }
+            for (j, reply) in replies.into_iter().enumerate() {
+                let (i, k) = (j / 2, j % 2);
+                let s = &slots[i];
+                let question = &def.extraction_questions[s.question];
+                let kept = !reply.ids.is_empty() && filter.keep(question, k == 0, &reply.text);
+                responses.push(ResponseRecord {
+                    question: s.question,
+                    pair: s.pair,
+                    rollout: s.rollout,
+                    positive: k == 0,
+                    text: reply.text.clone(),
+                    kept,
+                });
+                keep[i] &= kept;
+                let mut tokens = s.prompts[k].clone();
+                let p = tokens.len();
+                tokens.extend_from_slice(&reply.ids);
+                let n_tok = tokens.len();
+                runs.push((i, k, tokens, p..n_tok));
+            }
+            // Both polarities of a slot are kept or dropped together, as the released code does (aligned pairs).
+            for (j, r) in responses.iter_mut().enumerate() {
+                r.kept &= keep[j / 2];
+            }
+            runs.retain(|(i, ..)| keep[*i]);
+        }
+    }
+    let specs: Vec<PassSpec> = runs
+        .iter()
+        .map(|(_, _, tokens, range)| {
+            let span = Span::all_layers(range.clone(), n);
+            let plan = if opts.mode == Mode::PromptLast {
+                Plan { capture: Some(span), ..Default::default() }
+            } else {
+                Plan { mean: Some(span), ..Default::default() }
+            };
+            PassSpec { tokens: tokens.clone(), plan }
+        })
+        .collect();
+    let base = if opts.mode == Mode::Response { 2 * total } else { 0 };
+    let outs = backend::all_passes(backend, &specs, None, &mut |p| report(base, p)).await?;
+    let (mut pos, mut neg) = (Sums::new(layers, d), Sums::new(layers, d));
+    for ((_, k, ..), out) in runs.iter().zip(&outs) {
+        let rows = match opts.mode {
+            Mode::PromptLast => backend::last_rows(out)?.clone(),
+            _ => out.mean.clone().unwrap_or_default(),
+        };
+        if *k == 0 {
+            pos.add(&rows);
+        } else {
+            neg.add(&rows);
+        }
+    }
+    let dropped_pairs = keep.iter().filter(|k| !**k).count() as u32;
     if pos.count == 0 {
         return Err(PersonaError::Input(format!(
             "no sample pair survived the response filter ({}); no vector",

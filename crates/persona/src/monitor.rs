@@ -1,7 +1,9 @@
 //! Monitoring: projection scores onto trait directions, calibrated against neutral text so that a score reads as
 //! a z-score and a percentile rather than a raw dot product (persona-method.md section 13.5).
 
-use crate::backend::{Backend, Pass};
+use crate::backend::{self, Backend, Plan};
+use personascope_model::schedule::{self, GenSpec, PassSpec};
+use personascope_model::SamplingParams;
 use crate::error::{PersonaError, Result};
 use crate::stats;
 use crate::vector_file::{Calibration, TraitVector};
@@ -28,17 +30,24 @@ pub fn neutral_set() -> Vec<NeutralItem> {
 /// Number of quantiles kept per layer (0, 5, ..., 100 %).
 pub const QUANTILES: usize = 21;
 
-/// Projections of neutral assistant text onto the unit direction of `vector` at every residual index: per answer
-/// token (the live monitor's reading) and per answer average (the screening reading).
-pub async fn calibrate<B: Backend>(
-    backend: &mut B,
-    vector: &TraitVector,
-    items: &[NeutralItem],
-) -> Result<Calibration> {
+/// Greedy answer tokens generated per neutral question for the calibration (the length screening's own answers
+/// default to as well).
+pub const CALIBRATION_TOKENS: usize = 48;
+
+/// Calibrates `vector` on the neutral `items` at every residual index (see [`calibrate_with_progress`]).
+pub async fn calibrate<B: Backend>(backend: &mut B, vector: &TraitVector, items: &[NeutralItem]) -> Result<Calibration> {
     calibrate_with_progress(backend, vector, items, &mut |_| Flow::Continue).await
 }
 
-/// [`calibrate`], reporting each neutral item done; `Flow::Stop` from `progress` cancels it
+/// Calibrates `vector` on the neutral `items`, in two batch jobs:
+/// - the model's own greedy answers to the questions ([`CALIBRATION_TOKENS`] at most), projected token by token as
+///   they are generated: the per-token statistics (what the live monitor reads on the model's own replies) and,
+///   per answer, its mean projection;
+/// - the items' written answers, projected token by token: the per-answer statistics of written neutral text (the
+///   null of cheap screening) and, per item, written minus own mean (the null of projection-difference
+///   screening).
+///
+/// `progress` sees the generations as the first half of the work; `Flow::Stop` cancels
 /// ([`PersonaError::Cancelled`]): a calibration from part of the neutral set would mislead.
 pub async fn calibrate_with_progress<B: Backend>(
     backend: &mut B,
@@ -49,48 +58,85 @@ pub async fn calibrate_with_progress<B: Backend>(
     if items.is_empty() {
         return Err(PersonaError::Input("calibration needs at least one neutral item".into()));
     }
-    let units: Vec<Option<Vec<f32>>> = vector.rows.iter().map(|r| stats::unit(r)).collect();
-    let layers = units.len();
-    let mut tokens_by_layer = vec![Vec::new(); layers];
-    let mut means_by_layer = vec![Vec::new(); layers];
-    for (done, item) in items.iter().enumerate() {
-        if progress(crate::extract::Progress { done, total: items.len() }) == Flow::Stop {
-            return Err(PersonaError::Cancelled);
-        }
+    let raw: Vec<Option<Vec<f32>>> = vector.rows.iter().map(|r| Some(r.clone())).collect();
+    let monitor = personascope_model::plan::units(&[raw]);
+    let layers = vector.rows.len();
+    let total = 2 * items.len();
+    let mut report = |base: usize, p: schedule::Progress| progress(crate::extract::Progress { done: base + p.done, total });
+
+    let mut specs = Vec::with_capacity(items.len());
+    let mut written = Vec::with_capacity(items.len());
+    for item in items {
         let prompt = backend.chat_prompt(None, &item.question)?;
-        let answer = backend.tokenizer().encode(&item.answer)?;
         let p = prompt.len();
-        let tokens: Vec<u32> = prompt.into_iter().chain(answer).collect();
+        let plan = Plan { project: Some(p - 1..usize::MAX), ..Default::default() };
+        let tokens: Vec<u32> = prompt.iter().copied().chain(backend.tokenizer().encode(&item.answer)?).collect();
         let n = tokens.len();
-        let out = backend
-            .pass(&Pass { tokens: &tokens, capture: Some(p..n), mean_over: Some(p..n), ..Default::default() })
-            .await?;
-        for (l, u) in units.iter().enumerate() {
-            let Some(u) = u else { continue };
-            for pos in &out.captured {
-                if let Some(h) = pos.get(l) {
-                    tokens_by_layer[l].push(stats::dot(h, u));
-                }
+        written.push(PassSpec { tokens, plan: Plan { project: Some(p..n), ..Default::default() } });
+        specs.push(GenSpec { prompt, max_tokens: CALIBRATION_TOKENS, sampling: SamplingParams::greedy(), plan });
+    }
+    let own = backend::generate(backend, &specs, Some(monitor.clone()), &mut |_| Flow::Continue, &mut |p| report(0, p))
+        .await?;
+    if own.iter().any(|r| r.stop == personascope_model::StopReason::Cancelled) {
+        return Err(PersonaError::Cancelled);
+    }
+    let written = backend::all_passes(backend, &written, Some(monitor), &mut |p| report(items.len(), p)).await?;
+
+    let at = |s: &Vec<Vec<f32>>, l: usize| s.first().and_then(|t| t.get(l)).copied().unwrap_or(f32::NAN);
+    let mut tokens_by_layer = vec![Vec::new(); layers];
+    let mut written_by_layer = vec![Vec::new(); layers];
+    let mut diff_by_layer = vec![Vec::new(); layers];
+    for (reply, out) in own.iter().zip(&written) {
+        for l in 0..layers {
+            let own_scores: Vec<f32> = reply.scores.iter().map(|s| at(s, l)).filter(|x| x.is_finite()).collect();
+            let written_scores: Vec<f32> = out.scores.iter().map(|(_, s)| at(s, l)).filter(|x| x.is_finite()).collect();
+            tokens_by_layer[l].extend_from_slice(&own_scores);
+            if written_scores.is_empty() {
+                continue;
             }
-            if let Some(h) = out.mean.as_ref().and_then(|m| m.get(l)) {
-                means_by_layer[l].push(stats::dot(h, u));
+            let w = stats::mean(&written_scores);
+            written_by_layer[l].push(w);
+            if !own_scores.is_empty() {
+                diff_by_layer[l].push(w - stats::mean(&own_scores));
             }
         }
     }
     // A layer where the vector is zero has no readings; it gets zeros (a zero spread means "no calibration" to
     // Calibration::z) since the file format stores finite statistics only.
     let f = |v: &[f32], g: fn(&[f32]) -> f32| if v.is_empty() { 0.0 } else { g(v) };
+    let per_layer = |by: &[Vec<f32>], g: fn(&[f32]) -> f32| by.iter().map(|v| f(v, g)).collect::<Vec<f32>>();
     Ok(Calibration {
-        token_mean: tokens_by_layer.iter().map(|v| f(v, stats::mean)).collect(),
-        token_std: tokens_by_layer.iter().map(|v| f(v, stats::std_dev)).collect(),
+        token_mean: per_layer(&tokens_by_layer, stats::mean),
+        token_std: per_layer(&tokens_by_layer, stats::std_dev),
         token_quantiles: tokens_by_layer
             .iter()
             .map(|v| if v.is_empty() { vec![0.0; QUANTILES] } else { stats::quantiles(v, QUANTILES) })
             .collect(),
-        response_mean: means_by_layer.iter().map(|v| f(v, stats::mean)).collect(),
-        response_std: means_by_layer.iter().map(|v| f(v, stats::std_dev)).collect(),
+        response_mean: per_layer(&written_by_layer, stats::mean),
+        response_std: per_layer(&written_by_layer, stats::std_dev),
+        difference_mean: per_layer(&diff_by_layer, stats::mean),
+        difference_std: per_layer(&diff_by_layer, stats::std_dev),
         samples: items.len() as u32,
     })
+}
+
+/// The expected false-positive rate of flagging at `z >= threshold` when neutral scores are normal (the upper tail
+/// of a standard normal), shown beside a threshold.
+pub fn normal_tail(threshold: f32) -> f32 {
+    let z = threshold as f64;
+    if !z.is_finite() {
+        return if z > 0.0 { 0.0 } else { 1.0 };
+    }
+    // Simpson's rule over the density from |z| to |z| + 12 (the rest is below 1e-32); the lower tail by symmetry.
+    let (a, steps) = (z.abs(), 4000);
+    let h = 12.0 / steps as f64;
+    let pdf = |x: f64| (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
+    let mut sum = pdf(a) + pdf(a + 12.0);
+    for i in 1..steps {
+        sum += pdf(a + i as f64 * h) * if i % 2 == 1 { 4.0 } else { 2.0 };
+    }
+    let upper = sum * h / 3.0;
+    (if z >= 0.0 { upper } else { 1.0 - upper }) as f32
 }
 
 /// One trait read at one layer.
@@ -153,6 +199,13 @@ impl Reading {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn normal_tail_matches_known_values() {
+        for (z, p) in [(0.0f32, 0.5f32), (1.0, 0.158_655_25), (2.0, 0.022_750_13), (3.0, 0.001_349_9), (-2.0, 0.977_249_87)] {
+            assert!((normal_tail(z) - p).abs() < 1e-6, "z {z}: {} vs {p}", normal_tail(z));
+        }
+    }
 
     #[test]
     fn neutral_set_parses_and_is_disjoint_from_trait_and_screening_questions() {

@@ -8,7 +8,8 @@
 
 use personascope_model::{Flow, Message, SamplingParams};
 
-use crate::backend::{Backend, Pass};
+use crate::backend::{self, Backend, Plan, Span};
+use personascope_model::schedule::{self, GenSpec, PassSpec};
 use crate::dataset::Sample;
 use crate::error::{PersonaError, Result};
 use crate::stats;
@@ -86,8 +87,13 @@ pub fn default_layer(vector: &TraitVector) -> Option<usize> {
     vector.meta.screen_layer.or(vector.meta.layer)
 }
 
-/// Screens `samples`. `progress` runs after every sample; returning `Flow::Stop` ends the run and keeps the scores
-/// computed so far (`cancelled` is then set).
+/// Samples screened per batch job: progress and cancellation come after each.
+const CHUNK: usize = 32;
+
+/// Screens `samples`. Per chunk of samples, one batch job generates the model's own greedy answers (projection
+/// difference; their projections come with the tokens, so they are never re-run) and one scores the dataset
+/// responses. `progress` runs as batches finish; returning `Flow::Stop` ends the run after the current chunk and
+/// keeps the scores computed so far (`cancelled` is then set).
 pub async fn screen<B: Backend>(
     backend: &mut B,
     vector: &TraitVector,
@@ -106,72 +112,125 @@ pub async fn screen<B: Backend>(
         .ok_or_else(|| PersonaError::Input(format!("layer {layer} out of range (0..={})", c.n_layers)))?;
     let unit = stats::unit(row)
         .ok_or_else(|| PersonaError::Input(format!("the vector is zero at layer {layer}; pick another layer")))?;
-    let spread = vector.meta.calibration.as_ref().and_then(|cal| {
-        let (m, s) = (*cal.response_mean.get(layer)?, *cal.response_std.get(layer)?);
-        (s > 0.0 && s.is_finite()).then_some((m, s))
-    });
-    let mut scores = Vec::with_capacity(samples.len());
-    let mut cancelled = false;
-    let mut skipped = Vec::new();
+    let cal = vector.meta.calibration.as_ref();
+    let z_of = |score: f32| -> Option<f32> {
+        let cal = cal?;
+        if opts.cheap {
+            cal.response_z(layer, score)
+        } else {
+            // Differences are centred on the model's own answer; older calibrations have no difference statistics
+            // and fall back to the spread of neutral answer means.
+            cal.difference_z(layer, score).or_else(|| {
+                let s = *cal.response_std.get(layer)?;
+                (s > 0.0 && s.is_finite()).then(|| score / s)
+            })
+        }
+    };
+    let monitor = personascope_model::plan::units(&[(0..=c.n_layers).map(|l| (l == layer).then(|| row.clone())).collect()]);
     let max = backend.max_positions();
-    for (i, s) in samples.iter().enumerate() {
+    let mut scores = Vec::with_capacity(samples.len());
+    let mut skipped = Vec::new();
+    let mut cancelled = false;
+    let total = samples.len();
+    // Tokenized samples that fit: (sample, prompt, prompt + response).
+    let mut ready: Vec<(&Sample, Vec<u32>, Vec<u32>)> = Vec::with_capacity(samples.len());
+    for s in samples {
         let prompt = backend.prompt_of(&to_messages(s))?;
         let response = backend.tokenizer().encode(&s.response)?;
         let mut tokens = prompt.clone();
         tokens.extend_from_slice(&response);
         // Room for the model's own answer too, in projection-difference mode.
         let needed = if opts.cheap { tokens.len() } else { tokens.len().max(prompt.len() + opts.max_tokens) };
-        if needed > max {
-            skipped.push((s.line, format!("{needed} tokens needed; the model takes {max}")));
-            if progress(Progress { done: i + 1, total: samples.len() }) == Flow::Stop {
-                cancelled = i + 1 < samples.len();
-                break;
-            }
+        if needed > max || response.is_empty() {
+            let why = if response.is_empty() {
+                "the response is empty".to_string()
+            } else {
+                format!("{needed} tokens needed; the model takes {max}")
+            };
+            skipped.push((s.line, why));
             continue;
         }
-        let p = prompt.len();
-        let read = |out: crate::backend::PassOut| -> f32 {
-            out.mean.as_ref().and_then(|m| m.get(layer)).map_or(f32::NAN, |h| stats::dot(h, &unit))
+        ready.push((s, prompt, tokens));
+    }
+    let mut done = skipped.len();
+    for chunk in ready.chunks(CHUNK) {
+        let halves = if opts.cheap { 1 } else { 2 };
+        let mut report = |base: usize, p: schedule::Progress| {
+            let part = (base + p.done) * chunk.len() / (halves * p.total.max(1));
+            progress(Progress { done: (done + part).min(total), total })
         };
-        let projection = read(
-            backend.pass(&Pass { tokens: &tokens, mean_over: Some(p..tokens.len()), ..Default::default() }).await?,
-        );
-        let (own_projection, own_response) = if opts.cheap {
-            (None, None)
+        let own: Vec<Option<(f32, String)>> = if opts.cheap {
+            vec![None; chunk.len()]
         } else {
-            let reply = backend
-                .generate(&prompt, opts.max_tokens, &SamplingParams::greedy(), &[], &[], &mut |_, _, _| Flow::Continue)
-                .await?;
-            let mut own = prompt.clone();
-            own.extend_from_slice(&reply.ids);
-            let n = own.len();
-            let v = if reply.ids.is_empty() {
-                f32::NAN
-            } else {
-                read(backend.pass(&Pass { tokens: &own, mean_over: Some(p..n), ..Default::default() }).await?)
+            let specs: Vec<GenSpec> = chunk
+                .iter()
+                .map(|(_, prompt, _)| GenSpec {
+                    prompt: prompt.clone(),
+                    max_tokens: opts.max_tokens,
+                    sampling: SamplingParams::greedy(),
+                    plan: Plan { project: Some(prompt.len()..usize::MAX), ..Default::default() },
+                })
+                .collect();
+            let replies = backend::generate(backend, &specs, Some(monitor.clone()), &mut |_| Flow::Continue, &mut |p| {
+                report(0, p)
+            })
+            .await?;
+            if replies.iter().any(|r| r.stop == personascope_model::StopReason::Cancelled) {
+                cancelled = true;
+                break;
+            }
+            replies
+                .into_iter()
+                .map(|r| {
+                    let proj: Vec<f32> = r.scores.iter().filter_map(|s| s.first()?.get(layer).copied()).collect();
+                    let mean = if proj.is_empty() { f32::NAN } else { stats::mean(&proj) };
+                    Some((mean, r.text))
+                })
+                .collect()
+        };
+        let specs: Vec<PassSpec> = chunk
+            .iter()
+            .map(|(_, prompt, tokens)| PassSpec {
+                tokens: tokens.clone(),
+                plan: Plan {
+                    mean: Some(Span { positions: prompt.len()..tokens.len(), layers: vec![layer] }),
+                    ..Default::default()
+                },
+            })
+            .collect();
+        let base = if opts.cheap { 0 } else { chunk.len() };
+        let outs = backend::passes(backend, &specs, None, &mut |p| {
+            report(base * p.total.max(1) / chunk.len().max(1), p)
+        })
+        .await?;
+        for (((s, prompt, tokens), out), own) in chunk.iter().zip(outs.outs).zip(own) {
+            let Some(out) = out else { continue };
+            let projection = out.mean.as_ref().and_then(|m| m.get(layer)).map_or(f32::NAN, |h| stats::dot(h, &unit));
+            let (own_projection, own_response) = match own {
+                Some((p, text)) => (Some(p), Some(text)),
+                None => (None, None),
             };
-            (Some(v), Some(reply.text))
-        };
-        let score = match own_projection {
-            Some(o) => projection - o,
-            None => projection,
-        };
-        // Cheap scores are centred on the neutral answers; differences are already centred on the model's own answer.
-        let z = spread.map(|(m, s)| if opts.cheap { (score - m) / s } else { score / s });
-        scores.push(SampleScore {
-            line: s.line,
-            score,
-            projection,
-            own_projection,
-            z,
-            response_tokens: response.len(),
-            own_response,
-        });
-        if progress(Progress { done: i + 1, total: samples.len() }) == Flow::Stop {
-            cancelled = i + 1 < samples.len();
+            let score = match own_projection {
+                Some(o) => projection - o,
+                None => projection,
+            };
+            scores.push(SampleScore {
+                line: s.line,
+                score,
+                projection,
+                own_projection,
+                z: z_of(score),
+                response_tokens: tokens.len() - prompt.len(),
+                own_response,
+            });
+        }
+        done += chunk.len();
+        if outs.cancelled || progress(Progress { done: done.min(total), total }) == Flow::Stop {
+            cancelled = done < total;
             break;
         }
     }
+    scores.sort_by_key(|s| s.line);
     Ok(Screening {
         layer,
         method: if opts.cheap { "raw projection (cheap)" } else { "projection difference" },

@@ -97,6 +97,8 @@ const K_CAL_TOKEN_STD: &str = "personascope.calibration.token_std";
 const K_CAL_TOKEN_QUANTILES: &str = "personascope.calibration.token_quantiles";
 const K_CAL_RESPONSE_MEAN: &str = "personascope.calibration.response_mean";
 const K_CAL_RESPONSE_STD: &str = "personascope.calibration.response_std";
+const K_CAL_DIFF_MEAN: &str = "personascope.calibration.difference_mean";
+const K_CAL_DIFF_STD: &str = "personascope.calibration.difference_std";
 const K_CAL_SAMPLES: &str = "personascope.calibration.samples";
 const NOTE_PREFIX: &str = "personascope.note.";
 
@@ -122,6 +124,8 @@ const KNOWN_KEYS: &[&str] = &[
     K_CAL_TOKEN_QUANTILES,
     K_CAL_RESPONSE_MEAN,
     K_CAL_RESPONSE_STD,
+    K_CAL_DIFF_MEAN,
+    K_CAL_DIFF_STD,
     K_CAL_SAMPLES,
 ];
 
@@ -177,6 +181,11 @@ pub struct Calibration {
     /// Mean and standard deviation of response-averaged projections (length `N + 1`).
     pub response_mean: Vec<f32>,
     pub response_std: Vec<f32>,
+    /// Mean and standard deviation of the neutral projection difference (a neutral written answer's mean projection
+    /// minus that of the model's own answer to the same question), the null of projection-difference screening
+    /// (length `N + 1`, or empty in files written before it existed).
+    pub difference_mean: Vec<f32>,
+    pub difference_std: Vec<f32>,
     /// Number of neutral samples the statistics come from.
     pub samples: u32,
 }
@@ -191,6 +200,11 @@ impl Calibration {
     /// Standard score of a response-averaged projection at residual index `layer`.
     pub fn response_z(&self, layer: usize, score: f32) -> Option<f32> {
         standard_score(self.response_mean.get(layer)?, self.response_std.get(layer)?, score)
+    }
+
+    /// Standard score of a projection difference at residual index `layer` (None without that calibration).
+    pub fn difference_z(&self, layer: usize, score: f32) -> Option<f32> {
+        standard_score(self.difference_mean.get(layer)?, self.difference_std.get(layer)?, score)
     }
 
     /// Percentile (0 to 100) of a per-token projection among the neutral ones at residual index `layer`, by
@@ -430,9 +444,15 @@ fn check_calibration(c: &Calibration, n: usize) -> Result<(), Problem> {
         (K_CAL_TOKEN_STD, &c.token_std, true),
         (K_CAL_RESPONSE_MEAN, &c.response_mean, false),
         (K_CAL_RESPONSE_STD, &c.response_std, true),
+        (K_CAL_DIFF_MEAN, &c.difference_mean, false),
+        (K_CAL_DIFF_STD, &c.difference_std, true),
     ];
+    if c.difference_mean.len() != c.difference_std.len() {
+        return Err(problem(K_CAL_DIFF_STD, "must have as many values as difference_mean"));
+    }
     for (key, values, is_spread) in per_layer {
-        if values.len() != n + 1 {
+        let optional = key == K_CAL_DIFF_MEAN || key == K_CAL_DIFF_STD;
+        if values.len() != n + 1 && !(optional && values.is_empty()) {
             let reason = format!("{} values, expected {} (one per residual index 0..={n})", values.len(), n + 1);
             return Err(problem(key, reason));
         }
@@ -510,6 +530,10 @@ pub fn to_gguf(v: &TraitVector) -> Result<Vec<u8>, VectorFileError> {
         w.set(K_CAL_TOKEN_QUANTILES, f32_array(&c.token_quantiles.concat()));
         w.set(K_CAL_RESPONSE_MEAN, f32_array(&c.response_mean));
         w.set(K_CAL_RESPONSE_STD, f32_array(&c.response_std));
+        if !c.difference_mean.is_empty() {
+            w.set(K_CAL_DIFF_MEAN, f32_array(&c.difference_mean));
+            w.set(K_CAL_DIFF_STD, f32_array(&c.difference_std));
+        }
         w.set(K_CAL_SAMPLES, Value::U32(c.samples));
     }
     for (key, note) in &m.extra {
@@ -719,6 +743,13 @@ fn read_calibration(r: &Reader, n_layers: usize) -> Result<Option<Calibration>, 
         }
         Ok(values)
     };
+    // Written since projection-difference calibration exists; older files have no difference statistics.
+    let optional = |key: &str| -> Result<Vec<f32>, VectorFileError> {
+        match r.f32s(key)? {
+            None => Ok(Vec::new()),
+            Some(_) => per_layer(key),
+        }
+    };
     let flat = r.f32s(K_CAL_TOKEN_QUANTILES)?.ok_or_else(|| r.missing(K_CAL_TOKEN_QUANTILES))?;
     let expected = (n_layers + 1) * QUANTILE_COUNT;
     if flat.len() != expected {
@@ -733,6 +764,8 @@ fn read_calibration(r: &Reader, n_layers: usize) -> Result<Option<Calibration>, 
         token_quantiles: flat.chunks_exact(QUANTILE_COUNT).map(<[f32]>::to_vec).collect(),
         response_mean: per_layer(K_CAL_RESPONSE_MEAN)?,
         response_std: per_layer(K_CAL_RESPONSE_STD)?,
+        difference_mean: optional(K_CAL_DIFF_MEAN)?,
+        difference_std: optional(K_CAL_DIFF_STD)?,
         samples: r.u32(K_CAL_SAMPLES, samples)?,
     }))
 }

@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use personascope_gpu::{AdapterChoice, EngineOptions, Gpu, GpuModel};
 use personascope_model::{Flow, Message, SamplingParams, Steering};
-use personascope_persona::backend::{Backend, GpuBackend};
+use personascope_model::schedule::GenSpec;
+use personascope_model::Plan;
+use personascope_persona::backend;
 use personascope_persona::monitor::{self, Reading};
 use personascope_persona::steer::{self, Positions};
 use personascope_persona::vector_file::{self, TraitVector};
@@ -256,7 +258,7 @@ impl Session {
         self.check_prompt(&prompt)?;
         let g = self
             .model
-            .generate(&prompt, max_tokens, &SamplingParams::greedy(), &mut |_, _, _| Flow::Continue)
+            .generate(&prompt, max_tokens, &SamplingParams::greedy(), &mut |_, _| Flow::Continue)
             .await
             .map_err(|e| format!("generation: {e}"))?;
         self.check("generating")?;
@@ -324,25 +326,38 @@ impl Session {
         self.check_prompt(&prompt)?;
         let steering = if o.unsteered { Vec::new() } else { self.steering_for(prompt.len())? };
         let layers = self.model.config.n_layers + 1;
-        let monitor: Vec<Vec<Option<Vec<f32>>>> = self.monitor.iter().map(|(_, r)| r.monitor_row(layers)).collect();
+        let raw: Vec<Vec<Option<Vec<f32>>>> = self.monitor.iter().map(|(_, r)| r.monitor_row(layers)).collect();
+        let monitor = (!raw.is_empty()).then(|| personascope_model::plan::units(&raw));
         let abort = self.abort.clone();
         let monitor_readings: Vec<Reading> = self.monitor.iter().map(|(_, r)| r.clone()).collect();
-        let mut index = 0usize;
-        let reply = GpuBackend::new(&mut self.model)
-            .generate(&prompt, o.max_tokens, &params, &steering, &monitor, &mut |id, text, scores| {
+        // From the last prompt token on: the prompt's own pass gives the pre-generation reading.
+        let project = monitor.as_ref().map(|_| prompt.len() - 1..usize::MAX);
+        let spec = GenSpec {
+            prompt: prompt.clone(),
+            max_tokens: o.max_tokens,
+            sampling: params,
+            plan: Plan { steer: steering.clone(), project, ..Default::default() },
+        };
+        let mut replies = backend::generate(
+            &mut self.model,
+            &[spec],
+            monitor,
+            &mut |t| {
                 let scores: Vec<Value> = monitor_readings
                     .iter()
                     .enumerate()
-                    .map(|(t, r)| {
-                        score_json(r, scores.get(t).and_then(|l| l.get(r.layer)).copied().unwrap_or(f32::NAN))
+                    .map(|(i, r)| {
+                        score_json(r, t.scores.get(i).and_then(|l| l.get(r.layer)).copied().unwrap_or(f32::NAN))
                     })
                     .collect();
-                on_token(json!({ "id": id, "text": text, "index": index, "scores": scores }));
-                index += 1;
+                on_token(json!({ "id": t.id, "text": t.text, "index": t.index, "scores": scores }));
                 flow(&abort)
-            })
-            .await
-            .map_err(err)?;
+            },
+            &mut |_| Flow::Continue,
+        )
+        .await
+        .map_err(err)?;
+        let reply = replies.pop().ok_or("no reply")?;
         self.check("generating")?;
         let token_scores: Vec<Value> = reply.scores.iter().map(|s| self.scores_json(s)).collect();
         // The pre-generation reading: the last prompt token, under the same steering.
@@ -464,8 +479,8 @@ impl Session {
         opts.sampling.seed = o.seed.unwrap_or(0);
         opts.sampling.temperature = o.temperature.unwrap_or(opts.sampling.temperature);
         let abort = self.abort.clone();
-        let mut b = GpuBackend::new(&mut self.model);
-        let ex = extract::extract(&mut b, &def, &opts, &mut extract::KeepNonEmpty, &mut |p| {
+        let b = &mut self.model;
+        let ex = extract::extract(b, &def, &opts, &mut extract::KeepNonEmpty, &mut |p| {
             on_progress(json!({ "stage": "extract", "done": p.done, "total": p.total }));
             flow(&abort)
         })
@@ -473,7 +488,7 @@ impl Session {
         .map_err(err)?;
         let mut v = ex.vector;
         let abort = self.abort.clone();
-        let calibration = monitor::calibrate_with_progress(&mut b, &v, &neutral(o.calibration_items), &mut |p| {
+        let calibration = monitor::calibrate_with_progress(b, &v, &neutral(o.calibration_items), &mut |p| {
             on_progress(json!({ "stage": "calibrate", "done": p.done, "total": p.total }));
             flow(&abort)
         })
@@ -507,7 +522,7 @@ impl Session {
         let vector = self.vector(id)?.clone();
         let abort = self.abort.clone();
         let neutral = neutral(o.neutral_items);
-        let report = eval::evaluate(&mut GpuBackend::new(&mut self.model), &def, &vector, &neutral, &opts, &mut |p| {
+        let report = eval::evaluate(&mut self.model, &def, &vector, &neutral, &opts, &mut |p| {
             on_progress(json!({ "stage": p.stage, "done": p.done, "total": p.total }));
             flow(&abort)
         })
@@ -548,7 +563,7 @@ impl Session {
             None
         } else {
             Some(
-                screen::screen(&mut GpuBackend::new(&mut self.model), &vector, &parsed.samples, &opts, &mut |p| {
+                screen::screen(&mut self.model, &vector, &parsed.samples, &opts, &mut |p| {
                     on_progress(json!({ "stage": "screen", "done": p.done, "total": p.total }));
                     flow(&abort)
                 })

@@ -1,6 +1,7 @@
-//! Causal attention with grouped KV heads over the KV cache, for n query tokens at positions pos0.. (decode n = 1,
-//! prefill n > 1): token t attends to cache rows 0..=pos0+t. Online softmax, so any context length works without a
-//! scores buffer. Twin: `personascope_model::ops::attention`.
+//! Causal attention with grouped KV heads over the KV cache, for the rows of a ragged batch: a row at position p
+//! attends to its sequence's keys 0..=p, found through the row table ([`crate::rows::Row`]: a shared prefix's region,
+//! then the sequence's own). Online softmax, so any context length works without a scores buffer.
+//! Twin: `personascope_model::ops::Heads::attend`.
 
 use crate::kernel::{uniform, Kernel};
 use crate::shader::Defines;
@@ -22,7 +23,7 @@ pub struct AttentionShape {
     pub max_positions: u32,
 }
 
-/// The uniform, rewritten each step (pos0 and n_tokens change).
+/// The uniform, rewritten when the number of rows changes.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Params {
@@ -30,15 +31,14 @@ pub struct Params {
     pub n_heads: u32,
     pub n_kv_heads: u32,
     pub head_dim: u32,
-    pub pos0: u32,
     /// 1 / sqrt(head_dim).
     pub scale: f32,
-    pub _pad: [u32; 2],
+    pub _pad: [u32; 3],
 }
 
 impl Params {
-    /// Checks the shape and that the keys of the last token (rows 0..pos0+n_tokens) are inside the cache.
-    pub fn new(shape: &AttentionShape, pos0: u32, n_tokens: u32) -> Result<Self> {
+    /// Checks the shape for `n_tokens` rows (their key rows are checked where the row table is built).
+    pub fn new(shape: &AttentionShape, n_tokens: u32) -> Result<Self> {
         let s = shape;
         let bad = |msg: String| Err(GpuError::Unsupported(format!("attention: {msg}")));
         if s.n_kv_heads == 0 || s.n_heads == 0 || !s.n_heads.is_multiple_of(s.n_kv_heads) || s.n_heads > 65535 {
@@ -48,17 +48,16 @@ impl Params {
         if s.head_dim == 0 || !s.head_dim.is_multiple_of(4) || s.head_dim > max_head_dim() {
             return bad(format!("head_dim {} (needs a multiple of 4, at most {})", s.head_dim, max_head_dim()));
         }
-        if pos0.checked_add(n_tokens).is_none_or(|e| e > s.max_positions) || n_tokens > 65535 {
-            return bad(format!("positions {pos0}+{n_tokens} past the cache's {} rows", s.max_positions));
+        if n_tokens > 65535 {
+            return bad(format!("{n_tokens} rows in one dispatch"));
         }
         Ok(Params {
             n_tokens,
             n_heads: s.n_heads,
             n_kv_heads: s.n_kv_heads,
             head_dim: s.head_dim,
-            pos0,
             scale: 1.0 / (s.head_dim as f32).sqrt(),
-            _pad: [0; 2],
+            _pad: [0; 3],
         })
     }
 }
@@ -102,7 +101,7 @@ impl Attention {
     }
 
     /// Binds (params, q [n, n_heads*hd], k_cache [max_positions, kv_dim], v_cache [max_positions, kv_dim],
-    /// out [n, n_heads*hd] written), all f32, kv_dim = n_kv_heads*hd.
+    /// out [n, n_heads*hd] written, all f32, kv_dim = n_kv_heads*hd; rows [n] of [`crate::rows::Row`]).
     pub fn bind(
         &self,
         gpu: &Gpu,
@@ -111,8 +110,9 @@ impl Attention {
         k_cache: &wgpu::Buffer,
         v_cache: &wgpu::Buffer,
         out: &wgpu::Buffer,
+        rows: &wgpu::Buffer,
     ) -> wgpu::BindGroup {
-        self.kernel.bind(gpu, &[params, q, k_cache, v_cache, out])
+        self.kernel.bind(gpu, &[params, q, k_cache, v_cache, out, rows])
     }
 
     /// Records the kernel for the sizes in `p` (the values the bound uniform holds). `p.head_dim` must be at most

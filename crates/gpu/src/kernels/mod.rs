@@ -7,6 +7,8 @@ pub mod accumulate;
 pub mod add;
 pub mod attention;
 pub mod embed;
+pub mod gather;
+pub mod logprob;
 pub mod matmul;
 pub mod project;
 pub mod rms_norm;
@@ -29,5 +31,7 @@ pub fn all_variants() -> Vec<(&'static str, Defines)> {
     v.extend(project::variants().into_iter().map(|d| ("project", d)));
     v.extend(steer::variants().into_iter().map(|d| ("steer", d)));
     v.extend(accumulate::variants().into_iter().map(|d| ("accumulate", d)));
+    v.extend(gather::variants().into_iter().map(|d| ("gather", d)));
+    v.extend(logprob::variants().into_iter().map(|d| ("logprob", d)));
     v
 }

@@ -1,14 +1,11 @@
-//! Monitor projections: `scores[t, l] = h_l . v_hat[t, l]` for the current token over every trait and residual
-//! index in one dispatch, written into the out record next to the sampled token. Twin: [`crate::twins::project`];
-//! CPU reference: [`personascope_model::Projection`] (NaN where a trait is not monitored).
-//!
-//! Out record: the sampler's record takes words `0..sample::OUT_WORDS` and the scores follow at
-//! `scores_offset = sample::OUT_WORDS` (f32 bits, `t * layers + l`), so one readback of
-//! `4 * (OUT_WORDS + traits * layers)` bytes per step carries the token and every score.
+//! Monitor projections at one residual index for chosen rows of a ragged batch: `out[base + t * layers + l] =
+//! x[row] . v_hat[t, l]` for every entry (row, base) of one list of the lists buffer ([`crate::rows`]) and every
+//! trait monitored at that index. Twin: [`crate::twins::project`]; CPU reference: the plan's `project` in
+//! `personascope_model::PlanHook` (NaN where a trait is not monitored: the engine fills those slots itself).
 
 use crate::kernel::{grid_1d, uniform, Kernel};
 use crate::shader::Defines;
-use crate::{Gpu, GpuError, Result};
+use crate::{Gpu, Result};
 
 /// Lanes (threads) per score.
 pub const LANES: u32 = 32;
@@ -16,39 +13,17 @@ pub const LANES: u32 = 32;
 pub const SLOTS: u32 = 8;
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Params {
-    pub traits: u32,
+    pub d: u32,
+    /// Word of the list's directory entry in the lists buffer.
+    pub dir: u32,
+    /// The residual index projected.
+    pub layer: u32,
     /// Residual indices per trait: N + 1.
     pub layers: u32,
-    pub d: u32,
-    /// `out[scores_offset + t * layers + l]` receives the score's f32 bits.
-    pub scores_offset: u32,
-}
-
-impl Params {
-    pub fn slots(&self) -> u32 {
-        self.traits * self.layers
-    }
-
-    /// Checks buffer lengths (elements): capture [layers, d], vectors [traits, layers, d], mask, out.
-    pub fn check(&self, capture_len: usize, vectors_len: usize, mask_len: usize, out_len: usize) -> Result<()> {
-        let slots = self.traits as u64 * self.layers as u64;
-        let ok = self.layers as u64 * self.d as u64 <= capture_len as u64
-            && slots * self.d as u64 <= vectors_len as u64
-            && slots.div_ceil(32) <= mask_len as u64
-            && self.scores_offset as u64 + slots <= out_len as u64;
-        if ok {
-            Ok(())
-        } else {
-            Err(GpuError::Validation {
-                what: "project".into(),
-                msg: format!(
-                    "{self:?} with capture {capture_len}, vectors {vectors_len}, mask {mask_len}, out {out_len}"
-                ),
-            })
-        }
-    }
+    pub traits: u32,
+    pub _pad: [u32; 3],
 }
 
 /// Trait directions laid out for the kernel.
@@ -60,26 +35,29 @@ pub struct Packed {
     pub mask: Vec<u32>,
 }
 
-/// Packs raw directions `vectors[t][l]` (as [`personascope_model::Projection::new`] takes them): each is
-/// normalized the same way; a slot is on when its vector exists, has length `d` and a nonzero norm.
-pub fn pack(vectors: &[Vec<Option<Vec<f32>>>], layers: usize, d: usize) -> Packed {
-    let slots = vectors.len() * layers;
-    let mut units = vec![0f32; slots * d];
+impl Packed {
+    /// Whether trait `t` is monitored at residual index `l` of `layers`.
+    pub fn on(&self, t: usize, l: usize, layers: usize) -> bool {
+        let s = t * layers + l;
+        self.mask.get(s / 32).is_some_and(|w| (w >> (s % 32)) & 1 == 1)
+    }
+}
+
+/// Packs unit directions `units[t][l]` (as `personascope_model::plan::units` makes them); a slot is on when its
+/// direction exists and has length `d`.
+pub fn pack(units: &[Vec<Option<Vec<f32>>>], layers: usize, d: usize) -> Packed {
+    let slots = units.len() * layers;
+    let mut out = vec![0f32; slots * d];
     let mut mask = vec![0u32; slots.div_ceil(32).max(1)];
-    for (t, per_layer) in vectors.iter().enumerate() {
+    for (t, per_layer) in units.iter().enumerate() {
         for (l, v) in per_layer.iter().take(layers).enumerate() {
             let Some(v) = v.as_ref().filter(|v| v.len() == d) else { continue };
-            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-            if norm > 0.0 {
-                let s = t * layers + l;
-                for (u, x) in units[s * d..(s + 1) * d].iter_mut().zip(v) {
-                    *u = x / norm;
-                }
-                mask[s / 32] |= 1 << (s % 32);
-            }
+            let s = t * layers + l;
+            out[s * d..(s + 1) * d].copy_from_slice(v);
+            mask[s / 32] |= 1 << (s % 32);
         }
     }
-    Packed { units, mask }
+    Packed { units: out, mask }
 }
 
 fn defines() -> Defines {
@@ -103,20 +81,25 @@ impl Project {
         uniform(gpu, "project params", p)
     }
 
-    /// Binds (params, capture f32 [layers, d], units f32 [traits, layers, d], mask u32, out u32 rw).
+    /// Binds (params, x f32 [rows, d], units f32 [traits, layers, d], mask u32, out f32 rw, lists u32).
+    #[allow(clippy::too_many_arguments)]
     pub fn bind(
         &self,
         gpu: &Gpu,
         params: &wgpu::Buffer,
-        capture: &wgpu::Buffer,
+        x: &wgpu::Buffer,
         units: &wgpu::Buffer,
         mask: &wgpu::Buffer,
         out: &wgpu::Buffer,
+        lists: &wgpu::Buffer,
     ) -> wgpu::BindGroup {
-        self.kernel.bind(gpu, &[params, capture, units, mask, out])
+        self.kernel.bind(gpu, &[params, x, units, mask, out, lists])
     }
 
-    pub fn dispatch(&self, pass: &mut wgpu::ComputePass<'_>, bind: &wgpu::BindGroup, p: &Params) {
-        self.kernel.dispatch(pass, bind, grid_1d(p.slots(), SLOTS));
+    /// Records the kernel for a list of `count` entries and `traits` traits.
+    pub fn dispatch(&self, pass: &mut wgpu::ComputePass<'_>, bind: &wgpu::BindGroup, count: u32, traits: u32) {
+        if count > 0 && traits > 0 {
+            self.kernel.dispatch(pass, bind, grid_1d(count * traits, SLOTS));
+        }
     }
 }

@@ -1,6 +1,6 @@
-//! RoPE on q and k in place, fused with the KV-cache write: rotated k rows and unrotated v rows go to rows
-//! pos0..pos0+n of the layer's cache buffers. Twin: `personascope_model::ops::rope` (plus the cache append of the CPU
-//! forward pass).
+//! RoPE on q and k in place for the rows of a ragged batch, fused with the KV-cache write: each row's position and
+//! cache row come from the row table ([`crate::rows::Row`]). Twin: `personascope_model::ops::rope` per row (plus the
+//! cache append of the CPU forward pass).
 
 use crate::kernel::{uniform, Kernel};
 use crate::shader::Defines;
@@ -25,7 +25,7 @@ pub struct RopeShape {
     pub max_positions: u32,
 }
 
-/// The uniform, rewritten each step (pos0 and n_tokens change).
+/// The uniform, rewritten when the number of rows changes.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Params {
@@ -34,15 +34,15 @@ pub struct Params {
     pub n_kv_heads: u32,
     pub head_dim: u32,
     pub rope_half: u32,
-    pub pos0: u32,
+    pub _pad: u32,
     /// 0: `RopePairing::Interleaved`, 1: `RopePairing::Halves`.
     pub halves: u32,
     pub linear_scale: f32,
 }
 
 impl Params {
-    /// Checks the shape and that rows pos0..pos0+n_tokens fit the cache.
-    pub fn new(shape: &RopeShape, pos0: u32, n_tokens: u32) -> Result<Self> {
+    /// Checks the shape for `n_tokens` rows (their cache rows are checked where the row table is built).
+    pub fn new(shape: &RopeShape, n_tokens: u32) -> Result<Self> {
         let s = shape;
         let bad = |msg: String| Err(GpuError::Unsupported(format!("rope: {msg}")));
         if s.n_heads == 0 || s.n_kv_heads == 0 || s.head_dim == 0 || !s.head_dim.is_multiple_of(2) {
@@ -53,10 +53,6 @@ impl Params {
         }
         if !(s.linear_scale.is_finite() && s.linear_scale > 0.0) {
             return bad(format!("linear scale {}", s.linear_scale));
-        }
-        let end = pos0.checked_add(n_tokens).filter(|&e| e <= s.max_positions);
-        if end.is_none() {
-            return bad(format!("positions {pos0}+{n_tokens} past the cache's {} rows", s.max_positions));
         }
         // Workgroup x covers one token's pairs, y the tokens: both within the 65535 per-dimension limit.
         let pairs = s.n_heads.checked_add(s.n_kv_heads).and_then(|h| h.checked_mul(s.head_dim / 2));
@@ -72,7 +68,7 @@ impl Params {
             n_kv_heads: s.n_kv_heads,
             head_dim: s.head_dim,
             rope_half: s.rope_dim / 2,
-            pos0,
+            _pad: 0,
             halves: u32::from(s.pairing == RopePairing::Halves),
             linear_scale: s.linear_scale,
         })
@@ -98,7 +94,8 @@ impl Rope {
     }
 
     /// Binds (params, q [n, n_heads*hd] rw, k [n, kv_dim] rw, v [n, kv_dim], inv_freq [rope_dim/2],
-    /// k_cache [max_positions, kv_dim] rw, v_cache [max_positions, kv_dim] rw), all f32, kv_dim = n_kv_heads*hd.
+    /// k_cache [max_positions, kv_dim] rw, v_cache [max_positions, kv_dim] rw, all f32, kv_dim = n_kv_heads*hd;
+    /// rows [n] of [`crate::rows::Row`]).
     #[allow(clippy::too_many_arguments)]
     pub fn bind(
         &self,
@@ -110,8 +107,9 @@ impl Rope {
         inv_freq: &wgpu::Buffer,
         k_cache: &wgpu::Buffer,
         v_cache: &wgpu::Buffer,
+        rows: &wgpu::Buffer,
     ) -> wgpu::BindGroup {
-        self.kernel.bind(gpu, &[params, q, k, v, inv_freq, k_cache, v_cache])
+        self.kernel.bind(gpu, &[params, q, k, v, inv_freq, k_cache, v_cache, rows])
     }
 
     /// Records the kernel for the sizes in `p` (the values the bound uniform holds).

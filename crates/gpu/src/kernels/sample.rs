@@ -11,7 +11,7 @@
 //!   walks tokens in a fixed thread-major order instead of sorted order. So the same seed gives different tokens
 //!   on the CPU and the GPU, while every draw has the same distribution up to those roundings.
 
-use crate::kernel::{uniform, Kernel};
+use crate::kernel::Kernel;
 use crate::shader::Defines;
 use crate::{Gpu, GpuError, Result};
 use personascope_model::SamplingParams;
@@ -62,8 +62,9 @@ pub const EXP2_TABLE: [u32; 257] = [
     8595536, 8572295, 8549116, 8525999, 8502945, 8479954, 8457025, 8434157, 8411352, 8388608,
 ];
 
-/// The kernel's uniform. Build it with [`Params::new`], then set the per-step fields (`logits_offset`,
-/// `ctx_start`, `ctx_len`, `write_index`, `out_offset`, `step`) before each dispatch.
+/// One sequence's entry of the kernel's params array. Build it with [`Params::new`], then set the per-step fields
+/// (`logits_offset`, `ctx_start`, `ctx_len`, `write_index`, `out_offset`, `step`, `token_index`, `work_offset`)
+/// before each dispatch.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Params {
@@ -90,7 +91,10 @@ pub struct Params {
     /// `log2(e) / temperature` (0 when greedy).
     pub exp_scale: f32,
     pub repetition_penalty: f32,
-    pub _pad: [u32; 2],
+    /// `tokens[token_index]` receives the chosen token too (the next forward call's input row).
+    pub token_index: u32,
+    /// The sequence's scratch is `work[work_offset .. work_offset + vocab]`.
+    pub work_offset: u32,
 }
 
 impl Params {
@@ -120,12 +124,20 @@ impl Params {
             top_p_q16,
             exp_scale: if greedy { 0.0 } else { (std::f64::consts::LOG2_E / s.temperature as f64) as f32 },
             repetition_penalty: s.repetition_penalty,
-            _pad: [0; 2],
+            token_index: 0,
+            work_offset: 0,
         })
     }
 
     /// Checks that every index the kernel touches lies inside buffers of these lengths (in elements).
-    pub fn check(&self, logits_len: usize, ids_len: usize, work_len: usize, out_len: usize) -> Result<()> {
+    pub fn check(
+        &self,
+        logits_len: usize,
+        ids_len: usize,
+        work_len: usize,
+        out_len: usize,
+        tokens_len: usize,
+    ) -> Result<()> {
         let bad = |msg: String| Err(GpuError::Validation { what: "sample".into(), msg });
         let end = |a: u32, b: u32| a as u64 + b as u64;
         // Histogram buckets sum weights below 2^25 split at 12 bits in u32.
@@ -141,8 +153,11 @@ impl Params {
                 self.ctx_start, self.ctx_len, self.write_index
             ));
         }
-        if self.repetition_penalty != 1.0 && (self.vocab as usize) > work_len {
-            return bad(format!("scratch of {work_len} for a vocabulary of {}", self.vocab));
+        if self.repetition_penalty != 1.0 && end(self.work_offset, self.vocab) > work_len as u64 {
+            return bad(format!("scratch at {} of {work_len} for a vocabulary of {}", self.work_offset, self.vocab));
+        }
+        if self.token_index as usize >= tokens_len {
+            return bad(format!("token index {} past {tokens_len} tokens", self.token_index));
         }
         if end(self.out_offset, OUT_WORDS) > out_len as u64 {
             return bad(format!("out record at {} past {out_len} words", self.out_offset));
@@ -193,13 +208,15 @@ impl Sample {
         Ok(Sample { kernel: Kernel::new(gpu, "sample", &defines(), "main").await? })
     }
 
-    pub fn params(gpu: &Gpu, p: &Params) -> wgpu::Buffer {
-        uniform(gpu, "sample params", p)
+    /// A storage buffer holding `params` (one entry per sequence).
+    pub fn params(gpu: &Gpu, params: &[Params]) -> wgpu::Buffer {
+        crate::kernel::storage(gpu, "sample params", bytemuck::cast_slice(params))
     }
 
-    /// Binds (params, logits f32 `[.., vocab]`, ids u32 rw (context window and the written token), work f32
-    /// `[vocab]` rw scratch, out u32 rw (the record)). `ids` is one buffer read and written, so the context and the
-    /// written token can live in the same token buffer the embedding gather reads.
+    /// Binds (params [`Params`] per sequence, logits f32 `[.., vocab]`, ids u32 rw (each sequence's history: the
+    /// repetition-penalty context, where the chosen token is appended), work f32 `[sequences, vocab]` rw scratch,
+    /// out u32 rw (the records), tokens u32 rw (the next forward call's input ids)).
+    #[allow(clippy::too_many_arguments)]
     pub fn bind(
         &self,
         gpu: &Gpu,
@@ -208,12 +225,13 @@ impl Sample {
         ids: &wgpu::Buffer,
         work: &wgpu::Buffer,
         out: &wgpu::Buffer,
+        tokens: &wgpu::Buffer,
     ) -> wgpu::BindGroup {
-        self.kernel.bind(gpu, &[params, logits, ids, work, out])
+        self.kernel.bind(gpu, &[params, logits, ids, work, out, tokens])
     }
 
-    /// One workgroup.
-    pub fn dispatch(&self, pass: &mut wgpu::ComputePass<'_>, bind: &wgpu::BindGroup) {
-        self.kernel.dispatch(pass, bind, [1, 1, 1]);
+    /// One workgroup per sequence: the first `sequences` entries of the params buffer.
+    pub fn dispatch(&self, pass: &mut wgpu::ComputePass<'_>, bind: &wgpu::BindGroup, sequences: u32) {
+        self.kernel.dispatch(pass, bind, [1, sequences.clamp(1, 65535), 1]);
     }
 }

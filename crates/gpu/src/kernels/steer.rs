@@ -1,32 +1,27 @@
-//! Steering at one residual index: `x[row] += alpha_i * v_i` for the entries whose absolute position range holds
-//! the row, several vectors in one dispatch (one dispatch per steered layer). Twin: [`crate::twins::steer`]; CPU
-//! reference: [`personascope_model::Steer`].
+//! Steering at one residual index for the rows of a ragged batch: `x[row] += alpha_i * v_i` for the entries that
+//! belong to the row's sequence and whose absolute position range holds the row, several vectors in one dispatch
+//! (one dispatch per steered index). Twin: [`crate::twins::steer`]; CPU reference: the plan's `steer` entries in
+//! `personascope_model::PlanHook`.
 
 use crate::kernel::{uniform, Kernel};
 use crate::shader::Defines;
-use crate::{Gpu, GpuError, Result};
-use personascope_model::Steer;
+use crate::{Gpu, Result};
+use personascope_model::Steering;
 
 /// Threads per workgroup, one element of a row each.
 pub const WORKGROUP: u32 = 64;
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Params {
-    /// Rows (tokens) in x.
-    pub rows: u32,
     pub d: u32,
-    /// Absolute position of row 0.
-    pub pos0: u32,
-    /// This layer's entries are `entries[first .. first + count]`.
+    /// This index's entries are `entries[first .. first + count]`.
     pub first: u32,
     pub count: u32,
-    /// Element offset of row 0 inside x.
-    pub x_offset: u32,
-    pub _pad: [u32; 2],
+    pub _pad: u32,
 }
 
-/// One steering vector at one layer (16 bytes, the shader's `Entry`).
+/// One steering vector of one sequence at one residual index (32 bytes, the shader's `Entry`).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Entry {
@@ -36,9 +31,12 @@ pub struct Entry {
     /// Absolute positions `start .. end` are steered (`end = u32::MAX` for "to the end").
     pub start: u32,
     pub end: u32,
+    /// Wave index of the sequence steered.
+    pub seq: u32,
+    pub _pad: [u32; 3],
 }
 
-/// A layer's slice of the entries buffer.
+/// A residual index's slice of the entries buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LayerEntries {
     /// Residual index (0..=N).
@@ -47,15 +45,8 @@ pub struct LayerEntries {
     pub count: u32,
 }
 
-impl LayerEntries {
-    /// The uniform for steering `rows` tokens from absolute position `pos0` in x at `x_offset`.
-    pub fn params(&self, rows: u32, d: u32, pos0: u32, x_offset: u32) -> Params {
-        Params { rows, d, pos0, first: self.first, count: self.count, x_offset, _pad: [0; 2] }
-    }
-}
-
-/// Steering laid out for the kernel: every vector once in `vectors`, entries grouped by layer (ascending) in the
-/// order the CPU hook applies them.
+/// Steering laid out for the kernel: every distinct vector once in `vectors`, entries grouped by residual index
+/// (ascending) and, within one, in the order of the sequences and of their plans (the order the CPU adds them).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Packed {
     pub vectors: Vec<f32>,
@@ -63,47 +54,37 @@ pub struct Packed {
     pub layers: Vec<LayerEntries>,
 }
 
-/// Packs a CPU [`Steer`] for width `d`. Vectors of another length are skipped, as the CPU hook skips them;
-/// positions beyond u32 saturate.
-pub fn pack(steer: &Steer, d: usize) -> Packed {
+/// Packs `(sequence, steering)` pairs for width `d`; positions beyond u32 saturate.
+pub fn pack<'a>(steering: impl IntoIterator<Item = (usize, &'a Steering)>, d: usize) -> Packed {
+    let all: Vec<(usize, &Steering)> = steering.into_iter().filter(|(_, s)| s.vector.len() == d).collect();
     let mut out = Packed::default();
-    let mut layers: Vec<usize> = steer.0.iter().filter(|s| s.vector.len() == d).map(|s| s.layer).collect();
+    let sat = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+    // Eval steers hundreds of sequences with the same few vectors: each is uploaded once.
+    let mut seen: std::collections::HashMap<Vec<u32>, u32> = std::collections::HashMap::new();
+    let mut layers: Vec<usize> = all.iter().map(|(_, s)| s.layer).collect();
     layers.sort_unstable();
     layers.dedup();
-    let sat = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
     for layer in layers {
         let first = out.entries.len() as u32;
-        for s in steer.0.iter().filter(|s| s.layer == layer && s.vector.len() == d) {
+        for (seq, s) in all.iter().filter(|(_, s)| s.layer == layer) {
+            let bits: Vec<u32> = s.vector.iter().map(|x| x.to_bits()).collect();
+            let offset = *seen.entry(bits).or_insert_with(|| {
+                let o = out.vectors.len() as u32;
+                out.vectors.extend_from_slice(&s.vector);
+                o
+            });
             out.entries.push(Entry {
-                offset: out.vectors.len() as u32,
+                offset,
                 alpha: s.alpha,
                 start: sat(s.positions.start),
                 end: sat(s.positions.end),
+                seq: sat(*seq),
+                _pad: [0; 3],
             });
-            out.vectors.extend_from_slice(&s.vector);
         }
         out.layers.push(LayerEntries { layer: sat(layer), first, count: out.entries.len() as u32 - first });
     }
     out
-}
-
-impl Params {
-    /// Checks buffer lengths (elements) against every index the kernel touches.
-    pub fn check(&self, x_len: usize, vectors_len: usize, entries: &[Entry]) -> Result<()> {
-        let bad = |msg: String| Err(GpuError::Validation { what: "steer".into(), msg });
-        let x_end = self.x_offset as u64 + self.rows as u64 * self.d as u64;
-        if x_end > x_len as u64 {
-            return bad(format!("{} rows of {} at {} past {x_len}", self.rows, self.d, self.x_offset));
-        }
-        let range = (self.first as usize)..(self.first as usize).saturating_add(self.count as usize);
-        let Some(mine) = entries.get(range) else {
-            return bad(format!("entries {}+{} past {}", self.first, self.count, entries.len()));
-        };
-        if let Some(e) = mine.iter().find(|e| e.offset as u64 + self.d as u64 > vectors_len as u64) {
-            return bad(format!("vector at {} past {vectors_len}", e.offset));
-        }
-        Ok(())
-    }
 }
 
 fn defines() -> Defines {
@@ -127,7 +108,9 @@ impl SteerKernel {
         uniform(gpu, "steer params", p)
     }
 
-    /// Binds (params, x f32 [rows, d] rw, vectors f32, entries [`Entry`]).
+    /// Binds (params, x f32 [rows, d] rw, vectors f32, entries [`Entry`], rows [`crate::rows::Row`], lists u32:
+    /// word 0 is the row count).
+    #[allow(clippy::too_many_arguments)]
     pub fn bind(
         &self,
         gpu: &Gpu,
@@ -135,11 +118,14 @@ impl SteerKernel {
         x: &wgpu::Buffer,
         vectors: &wgpu::Buffer,
         entries: &wgpu::Buffer,
+        rows: &wgpu::Buffer,
+        lists: &wgpu::Buffer,
     ) -> wgpu::BindGroup {
-        self.kernel.bind(gpu, &[params, x, vectors, entries])
+        self.kernel.bind(gpu, &[params, x, vectors, entries, rows, lists])
     }
 
-    pub fn dispatch(&self, pass: &mut wgpu::ComputePass<'_>, bind: &wgpu::BindGroup, p: &Params) {
-        self.kernel.dispatch(pass, bind, [p.d.div_ceil(WORKGROUP).max(1), p.rows.clamp(1, 65535), 1]);
+    /// Records the kernel for `rows` rows of width `d`.
+    pub fn dispatch(&self, pass: &mut wgpu::ComputePass<'_>, bind: &wgpu::BindGroup, d: u32, rows: u32) {
+        self.kernel.dispatch(pass, bind, [d.div_ceil(WORKGROUP).max(1), rows.clamp(1, 65535), 1]);
     }
 }
