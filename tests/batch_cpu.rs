@@ -41,7 +41,8 @@ fn a_prefix_in_the_same_wave_and_early_exit_change_nothing() {
     let b = prompt(&m, "You are a pirate.", "Sing a song.");
     let shared = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
     assert!(shared > 8, "the prompts share their system part");
-    let read = |len: usize| Plan { capture: Some(Span { positions: len - 1..len, layers: vec![4, 9] }), ..Default::default() };
+    let read =
+        |len: usize| Plan { capture: Some(Span { positions: len - 1..len, layers: vec![4, 9] }), ..Default::default() };
     let mut e = CpuEngine::new(&m);
     let wave = Wave {
         seqs: vec![
@@ -82,7 +83,11 @@ fn batched_generation_gives_each_reply_its_own_tokens() {
             .map(|(i, q)| GenSpec {
                 prompt: prompt(&m, "You are terse.", q),
                 max_tokens: 6 + 3 * i,
-                sampling: if i % 2 == 0 { SamplingParams::greedy() } else { SamplingParams { seed: i as u64, ..sampled.clone() } },
+                sampling: if i % 2 == 0 {
+                    SamplingParams::greedy()
+                } else {
+                    SamplingParams { seed: i as u64, ..sampled.clone() }
+                },
                 plan: Plan::default(),
             })
             .collect();

@@ -149,7 +149,8 @@ fn steering_with_cache_equals_recompute_for_response_positions() {
         seq.push(next);
         logits = m.forward(&mut cache, &[next], &mut hook, Logits::Last).expect("decode");
     }
-    let full = m.forward(&mut m.new_cache(), &seq, &mut PlanHook::new(&plan, None, n), Logits::Last).expect("recompute");
+    let full =
+        m.forward(&mut m.new_cache(), &seq, &mut PlanHook::new(&plan, None, n), Logits::Last).expect("recompute");
     let err = rel_l2(&logits, &full);
     assert!(err < SPLIT_REL_TOL, "cached vs recomputed steered logits: rel err {err:.2e}");
 

@@ -111,7 +111,10 @@ pub mod plans {
         for ((pg, sg), (pw, sw)) in got.scores.iter().zip(&want.scores) {
             assert_eq!(pg, pw);
             for (a, b) in sg.iter().flatten().zip(sw.iter().flatten()) {
-                assert!((a.is_nan() && b.is_nan()) || (a - b).abs() <= tol.scores * b.abs().max(1.0), "{what}: score {a} vs {b}");
+                assert!(
+                    (a.is_nan() && b.is_nan()) || (a - b).abs() <= tol.scores * b.abs().max(1.0),
+                    "{what}: score {a} vs {b}"
+                );
             }
         }
         assert_eq!(got.logprobs.len(), want.logprobs.len(), "{what}: logprobs");
@@ -135,7 +138,12 @@ pub mod plans {
                 let mut with_answer = p.clone();
                 with_answer.extend(&answer);
                 let len = with_answer.len();
-                let steer = Steering { layer: 10 + qi, vector: vector(d, si as u32), alpha: 2.0, positions: pl - 1..usize::MAX };
+                let steer = Steering {
+                    layer: 10 + qi,
+                    vector: vector(d, si as u32),
+                    alpha: 2.0,
+                    positions: pl - 1..usize::MAX,
+                };
                 out.push(PassSpec {
                     tokens: p.clone(),
                     plan: Plan { capture: Some(Span::all_layers(pl - 1..pl, n)), ..Default::default() },

@@ -65,8 +65,12 @@ fn err(e: impl std::fmt::Display) -> String {
 /// Prefill of the prompt (every block, the last row's residual read back so the work is finished), tokens/s.
 fn prefill_rate<E: Engine>(e: &mut E, prompt: &[u32]) -> Result<f64, String> {
     let n = e.config().n_layers;
-    let plan = Plan { capture: Some(Span { positions: prompt.len() - 1..prompt.len(), layers: vec![n] }), ..Default::default() };
-    let wave = Wave { seqs: vec![WaveSeq { prefix: None, tokens: prompt.to_vec(), plan, generate: None }], monitor: None };
+    let plan = Plan {
+        capture: Some(Span { positions: prompt.len() - 1..prompt.len(), layers: vec![n] }),
+        ..Default::default()
+    };
+    let wave =
+        Wave { seqs: vec![WaveSeq { prefix: None, tokens: prompt.to_vec(), plan, generate: None }], monitor: None };
     let start = Instant::now();
     pollster::block_on(e.prefill(&wave)).map_err(err)?;
     Ok(prompt.len() as f64 / start.elapsed().as_secs_f64())
@@ -74,7 +78,12 @@ fn prefill_rate<E: Engine>(e: &mut E, prompt: &[u32]) -> Result<f64, String> {
 
 /// Decode of `DECODE_TOKENS` greedy tokens after the prompt (end-of-turn ignored), one step in flight ahead of the
 /// one read back as in generation, tokens/s.
-fn decode_rate<E: Engine>(e: &mut E, prompt: &[u32], plan: Plan, monitor: Option<std::sync::Arc<personascope_model::Units>>) -> Result<f64, String> {
+fn decode_rate<E: Engine>(
+    e: &mut E,
+    prompt: &[u32],
+    plan: Plan,
+    monitor: Option<std::sync::Arc<personascope_model::Units>>,
+) -> Result<f64, String> {
     let wave = Wave {
         seqs: vec![WaveSeq {
             prefix: None,
@@ -103,7 +112,8 @@ fn rates<E: Engine>(e: &mut E, runs: usize) -> Result<[f64; 4], String> {
     let raw: Vec<Vec<Option<Vec<f32>>>> = vectors.iter().map(|l| l.iter().cloned().map(Some).collect()).collect();
     let monitor = units(&raw);
     let layer = c.n_layers / 2;
-    let steer = Steering { layer, vector: vectors[0][layer].clone(), alpha: 1.0, positions: PROMPT_TOKENS - 1..usize::MAX };
+    let steer =
+        Steering { layer, vector: vectors[0][layer].clone(), alpha: 1.0, positions: PROMPT_TOKENS - 1..usize::MAX };
     let prefill = (0..runs).map(|_| prefill_rate(e, &prompt)).try_fold(0f64, |a, r| r.map(|r| a.max(r)))?;
     let [decode, monitored, steered] = best_interleaved(runs, |k| match k {
         0 => decode_rate(e, &prompt, Plan::default(), None),
@@ -184,7 +194,8 @@ pub fn overhead(base_tok_s: f64, with_tok_s: f64) -> f64 {
 pub fn load_gpu_model(path: &Path) -> Result<(personascope_gpu::GpuModel, f64), String> {
     use personascope_gpu::{AdapterChoice, EngineOptions, Gpu, GpuModel};
     let t0 = Instant::now();
-    let gpu = Gpu::request_blocking(AdapterChoice::from_env(), personascope_gpu::wgpu::Backends::PRIMARY).map_err(err)?;
+    let gpu =
+        Gpu::request_blocking(AdapterChoice::from_env(), personascope_gpu::wgpu::Backends::PRIMARY).map_err(err)?;
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut g = pollster::block_on(GpuModel::load(gpu, &bytes, EngineOptions::default())).map_err(err)?;
     drop(bytes);
@@ -208,7 +219,12 @@ pub fn bench_gpu(path: &Path, runs: usize, profile: bool) -> Result<Value, Strin
         let raw: Vec<Vec<Option<Vec<f32>>>> = vectors.iter().map(|l| l.iter().cloned().map(Some).collect()).collect();
         let layer = c.n_layers / 2;
         let plan = Plan {
-            steer: vec![Steering { layer, vector: vectors[0][layer].clone(), alpha: 1.0, positions: PROMPT_TOKENS - 1..usize::MAX }],
+            steer: vec![Steering {
+                layer,
+                vector: vectors[0][layer].clone(),
+                alpha: 1.0,
+                positions: PROMPT_TOKENS - 1..usize::MAX,
+            }],
             project: Some(PROMPT_TOKENS - 1..usize::MAX),
             ..Default::default()
         };
@@ -251,6 +267,8 @@ pub struct PersonaBench {
     pub answer_tokens: usize,
     /// Skip response-mode extraction (the longest job).
     pub skip_response: bool,
+    /// Neutral items for calibration and the perplexity cost (None: all).
+    pub neutral: Option<usize>,
 }
 
 /// The screening samples: the first `n` of the team's labelled files (impolite, then evil, ...), cycled if needed.
@@ -282,17 +300,26 @@ fn timed<B: Backend, T>(b: &mut B, job: impl FnOnce(&mut B) -> Result<T, String>
 /// The persona jobs on `b`: prompt-last extraction, calibration, evaluation, screening (cheap and projection
 /// difference) and response-mode extraction of one built-in trait, each timed.
 pub fn bench_persona<B: Backend>(b: &mut B, o: &PersonaBench) -> Result<Value, String> {
-    let def = personascope_persona::builtin_by_name(&o.trait_name).ok_or_else(|| format!("no built-in trait {:?}", o.trait_name))?;
+    let def = personascope_persona::builtin_by_name(&o.trait_name)
+        .ok_or_else(|| format!("no built-in trait {:?}", o.trait_name))?;
     let mut go = |_: extract::Progress| Flow::Continue;
     let opts = |mode| extract::ExtractOptions { mode, pairs: o.pairs, questions: o.questions, ..Default::default() };
     let (ex, mut extract_last) = timed(b, |b| {
-        pollster::block_on(extract::extract(b, &def, &opts(extract::Mode::PromptLast), &mut extract::KeepNonEmpty, &mut go)).map_err(err)
+        pollster::block_on(extract::extract(
+            b,
+            &def,
+            &opts(extract::Mode::PromptLast),
+            &mut extract::KeepNonEmpty,
+            &mut go,
+        ))
+        .map_err(err)
     })?;
     let prompts = (ex.kept[0] + ex.kept[1]) as f64;
     extract_last["prompts"] = json!(prompts);
     extract_last["prompts_per_s"] = json!(prompts / extract_last["seconds"].as_f64().unwrap_or(f64::NAN));
     let mut vector = ex.vector;
-    let neutral = monitor::neutral_set();
+    let mut neutral = monitor::neutral_set();
+    neutral.truncate(o.neutral.unwrap_or(neutral.len()).max(1));
     let (cal, calibration) = timed(b, |b| pollster::block_on(monitor::calibrate(b, &vector, &neutral)).map_err(err))?;
     vector.meta.calibration = Some(cal);
     let eval_opts = eval::EvalOptions { pairs: o.pairs, questions: o.questions, ..Default::default() };
@@ -304,7 +331,7 @@ pub fn bench_persona<B: Backend>(b: &mut B, o: &PersonaBench) -> Result<Value, S
     let samples = screening_samples(o.samples)?;
     let mut screening = serde_json::Map::new();
     for cheap in [true, false] {
-        let so = screen::ScreenOptions { layer: None, cheap, max_tokens: o.answer_tokens };
+        let so = screen::ScreenOptions { layer: None, cheap, max_tokens: o.answer_tokens, ..Default::default() };
         let (result, mut figures) = timed(b, |b| {
             pollster::block_on(screen::screen(b, &vector, &samples, &so, &mut |_| Flow::Continue)).map_err(err)
         })?;
@@ -317,7 +344,14 @@ pub fn bench_persona<B: Backend>(b: &mut B, o: &PersonaBench) -> Result<Value, S
         Value::Null
     } else {
         let (ex, mut figures) = timed(b, |b| {
-            pollster::block_on(extract::extract(b, &def, &opts(extract::Mode::Response), &mut extract::KeepNonEmpty, &mut go)).map_err(err)
+            pollster::block_on(extract::extract(
+                b,
+                &def,
+                &opts(extract::Mode::Response),
+                &mut extract::KeepNonEmpty,
+                &mut go,
+            ))
+            .map_err(err)
         })?;
         figures["samples"] = json!(ex.responses.len());
         figures
@@ -331,6 +365,7 @@ pub fn bench_persona<B: Backend>(b: &mut B, o: &PersonaBench) -> Result<Value, S
         "evaluation": evaluation,
         "screening": screening,
         "screening_answer_tokens": o.answer_tokens,
+        "neutral_items": neutral.len(),
         "extract_response": response,
     }))
 }

@@ -250,6 +250,9 @@ struct PersonaSizes {
     /// Leave out response-mode extraction (the longest job).
     #[arg(long = "persona-skip-response")]
     skip_response: bool,
+    /// Neutral items for calibration and the perplexity cost (default: all).
+    #[arg(long = "persona-neutral")]
+    neutral: Option<usize>,
 }
 
 fn load_gpu(path: &Path) -> CliResult<GpuModel> {
@@ -365,6 +368,7 @@ fn run(command: Command) -> CliResult<()> {
                         samples: p.samples,
                         answer_tokens: p.answer_tokens,
                         skip_response: p.skip_response,
+                        neutral: p.neutral,
                     };
                     bench::bench_persona_on(&model.model, model.backend == Backend::Gpu, &o)?
                 }

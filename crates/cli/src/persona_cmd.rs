@@ -128,6 +128,9 @@ pub struct ExtractArgs {
     /// Write the generated answers (response mode) to this JSONL file.
     #[arg(long)]
     pub responses: Option<PathBuf>,
+    /// Calibrate on the first N items of the neutral set (default: all; fewer is faster and coarser).
+    #[arg(long)]
+    pub calibration_items: Option<usize>,
     #[arg(long)]
     pub json: bool,
 }
@@ -167,7 +170,9 @@ pub fn run_extract(a: ExtractArgs) -> CliResult<()> {
     let (mut ex, calibration) = with_backend!(&mut loaded, |b| {
         let ex = pollster::block_on(extract::extract(&mut b, &def, &opts, &mut extract::KeepNonEmpty, &mut progress))
             .map_err(err)?;
-        let cal = pollster::block_on(monitor::calibrate(&mut b, &ex.vector, &monitor::neutral_set())).map_err(err)?;
+        let mut neutral = monitor::neutral_set();
+        neutral.truncate(a.calibration_items.unwrap_or(neutral.len()).max(1));
+        let cal = pollster::block_on(monitor::calibrate(&mut b, &ex.vector, &neutral)).map_err(err)?;
         (ex, cal)
     });
     ex.vector.meta.calibration = Some(calibration);
@@ -391,7 +396,7 @@ pub fn run_screen(a: ScreenArgs) -> CliResult<()> {
     if parsed.samples.is_empty() {
         return Err(format!("{}: no valid samples ({} malformed lines)", a.data.display(), parsed.errors.len()));
     }
-    let opts = screen::ScreenOptions { layer: a.layer, cheap: a.cheap, max_tokens: a.max_tokens };
+    let opts = screen::ScreenOptions { layer: a.layer, cheap: a.cheap, max_tokens: a.max_tokens, ..Default::default() };
     let start = Instant::now();
     let mut loaded = load(&a.model)?;
     let stop = interrupt_flag();
@@ -474,6 +479,18 @@ pub fn run_screen(a: ScreenArgs) -> CliResult<()> {
             .collect();
         write_file(p, &dataset::csv_report(&header, &rows))?;
     }
+    // What the flag threshold means: the share of neutral samples expected above it.
+    let calibrated = vector.meta.calibration.is_some();
+    let threshold_json = match a.score_threshold {
+        Some(t) => json!({ "score": t }),
+        None => json!({
+            "z": a.threshold,
+            "calibrated": calibrated,
+            "expected_false_positive_rate": calibrated.then(|| monitor::normal_tail(a.threshold)),
+            "null": if a.cheap { "written neutral answers" } else { "written minus own neutral answers" },
+            "calibration_samples": vector.meta.calibration.as_ref().map(|c| c.samples),
+        }),
+    };
     let report = json!({
         "data": a.data.display().to_string(),
         "method": result.method,
@@ -485,13 +502,26 @@ pub fn run_screen(a: ScreenArgs) -> CliResult<()> {
         "flagged": flagged.len(),
         "cancelled": result.cancelled,
         "top": ranked.iter().take(5).map(|s| json!({"line": s.line, "score": s.score, "z": s.z})).collect::<Vec<_>>(),
+        "threshold": threshold_json,
         "seconds": start.elapsed().as_secs_f64(),
     });
     if a.json {
         print_json(&report);
     } else {
+        let rule = match (a.score_threshold, vector.meta.calibration.as_ref()) {
+            (Some(t), _) => format!("score >= {t}"),
+            (None, Some(c)) => format!(
+                "z >= {} (about {:.1}% of neutral samples expected above it; calibrated on {} neutral items)",
+                a.threshold,
+                100.0 * monitor::normal_tail(a.threshold),
+                c.samples
+            ),
+            (None, None) => {
+                format!("z >= {} (the vector has no calibration: nothing can be flagged by z)", a.threshold)
+            }
+        };
         println!(
-            "{} samples screened ({}{}), layer {}: dataset score {:+.3}; {} flagged; {} malformed lines. Scores in {}.",
+            "{} samples screened ({}{}), layer {}: dataset score {:+.3}; {} flagged at {rule}; {} malformed lines. Scores in {}.",
             result.scores.len(),
             result.method,
             if result.cancelled { ", cancelled" } else { "" },

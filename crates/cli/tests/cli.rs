@@ -156,6 +156,8 @@ fn persona_commands_extract_eval_screen_steer_monitor() {
         "2",
         "--pairs",
         "1",
+        "--calibration-items",
+        "3",
         "--out",
         vs,
         "--json",
@@ -227,6 +229,7 @@ fn persona_commands_extract_eval_screen_steer_monitor() {
     assert_eq!(report["samples"], 2);
     assert_eq!(report["malformed"][0]["line"], 2);
     assert_eq!(report["flagged"], 2);
+    assert_eq!(report["threshold"]["score"], -1e30);
     let rows: Vec<Value> =
         std::fs::read_to_string(&out).expect("scores").lines().map(|l| serde_json::from_str(l).expect("row")).collect();
     assert_eq!(rows.iter().map(|r| r["line"].as_u64().expect("line")).collect::<Vec<_>>(), vec![1, 3]);
@@ -289,4 +292,43 @@ fn persona_commands_extract_eval_screen_steer_monitor() {
     assert!(!ok && err.contains("was made for") && err.contains("qwen2"), "{err}");
     let (ok, _, err) = personascope(&["generate", "--model", &model(), "--messages", m, "--steer", "nope.gguf:3"]);
     assert!(!ok && err.contains("--steer"), "{err}");
+}
+
+#[test]
+fn persona_bench_times_every_job_on_both_backends() {
+    for backend in ["cpu", "gpu"] {
+        let r = json_of(&[
+            "bench",
+            "--persona",
+            "--model",
+            &model(),
+            "--backend",
+            backend,
+            "--persona-questions",
+            "2",
+            "--persona-pairs",
+            "1",
+            "--persona-samples",
+            "3",
+            "--persona-answer-tokens",
+            "4",
+            "--persona-neutral",
+            "2",
+            "--json",
+        ]);
+        assert_eq!(r["backend"], backend, "{r}");
+        assert_eq!(r["extract_prompt_last"]["prompts"], 4.0, "{r}");
+        for job in ["extract_prompt_last", "calibration", "evaluation", "extract_response"] {
+            assert!(r[job]["seconds"].as_f64().is_some_and(|s| s > 0.0), "{job}: {r}");
+        }
+        for mode in ["cheap", "projection_difference"] {
+            assert_eq!(r["screening"][mode]["samples"], 3.0, "{mode}: {r}");
+        }
+        // The GPU counts its submits and dispatches per job; the CPU has none to count.
+        let submits = r["evaluation"]["gpu"]["submits"].as_u64();
+        assert_eq!(submits.is_some(), backend == "gpu", "{r}");
+        if let Some(s) = submits {
+            assert!(s > 0 && r["evaluation"]["gpu"]["dispatches"].as_u64() > Some(s), "{r}");
+        }
+    }
 }

@@ -506,13 +506,14 @@ impl GpuModel {
         // One set of uniforms per head chunk a forward call may have: each chunk's values differ within a call.
         let mut heads = Vec::with_capacity(chunks);
         for ci in 0..chunks {
-            let gp = Uniform::new(&gpu, "head gather", gather::Params {
-                d: d as u32,
-                dir: layout.dir(List::Head(ci)) as u32,
-                _pad: [0; 2],
-            });
+            let gp = Uniform::new(
+                &gpu,
+                "head gather",
+                gather::Params { d: d as u32, dir: layout.dir(List::Head(ci)) as u32, _pad: [0; 2] },
+            );
             let gb = kernels.gather.bind(&gpu, &gp.buffer, &bufs.x, &bufs.head_x, &bufs.lists);
-            let np = Uniform::new(&gpu, "head norm", rms_norm::Params { rows: 1, cols: d as u32, eps: c.rms_eps, _pad: 0 });
+            let np =
+                Uniform::new(&gpu, "head norm", rms_norm::Params { rows: 1, cols: d as u32, eps: c.rms_eps, _pad: 0 });
             let nb = kernels.rms_norm.bind(&gpu, &np.buffer, &bufs.head_x, &output_norm, &bufs.head_normed);
             let lm_head = Self::product(
                 &gpu,
@@ -525,12 +526,16 @@ impl GpuModel {
                 None,
             )
             .await?;
-            let lp = Uniform::new(&gpu, "logprob", logprob::Params {
-                vocab: c.vocab_size as u32,
-                dir: layout.dir(List::Logprob(ci)) as u32,
-                row0: 0,
-                _pad: 0,
-            });
+            let lp = Uniform::new(
+                &gpu,
+                "logprob",
+                logprob::Params {
+                    vocab: c.vocab_size as u32,
+                    dir: layout.dir(List::Logprob(ci)) as u32,
+                    row0: 0,
+                    _pad: 0,
+                },
+            );
             let lb = kernels.logprob.bind(&gpu, &lp.buffer, &bufs.logits, &bufs.lists, &bufs.out);
             heads.push(HeadChunk { gather: (gp, gb), norm: (np, nb), lm_head, logprob: (lp, lb) });
         }
@@ -540,18 +545,18 @@ impl GpuModel {
         let mut capture = Vec::with_capacity(layers);
         let mut sums = Vec::with_capacity(layers);
         for l in 0..layers {
-            let p = Uniform::new(&gpu, "capture", gather::Params {
-                d: d as u32,
-                dir: layout.dir(List::Capture(l)) as u32,
-                _pad: [0; 2],
-            });
+            let p = Uniform::new(
+                &gpu,
+                "capture",
+                gather::Params { d: d as u32, dir: layout.dir(List::Capture(l)) as u32, _pad: [0; 2] },
+            );
             let bind = kernels.gather.bind(&gpu, &p.buffer, &bufs.x, &bufs.out, &bufs.lists);
             capture.push((p, bind));
-            let p = Uniform::new(&gpu, "sum", accumulate::Params {
-                d: d as u32,
-                dir: layout.dir(List::Sum(l)) as u32,
-                _pad: [0; 2],
-            });
+            let p = Uniform::new(
+                &gpu,
+                "sum",
+                accumulate::Params { d: d as u32, dir: layout.dir(List::Sum(l)) as u32, _pad: [0; 2] },
+            );
             let bind = kernels.accumulate.bind(&gpu, &p.buffer, &bufs.x, &bufs.out, &bufs.lists);
             sums.push((p, bind));
         }
@@ -640,12 +645,11 @@ impl GpuModel {
         let entries = storage(&self.gpu, "steer entries", bytemuck::cast_slice(&packed.entries));
         let mut layers = Vec::new();
         for le in &packed.layers {
-            let p = Uniform::new(&self.gpu, "steer", steer::Params {
-                d: c.d_model as u32,
-                first: le.first,
-                count: le.count,
-                _pad: 0,
-            });
+            let p = Uniform::new(
+                &self.gpu,
+                "steer",
+                steer::Params { d: c.d_model as u32, first: le.first, count: le.count, _pad: 0 },
+            );
             let bind = self.kernels.steer.bind(
                 &self.gpu,
                 &p.buffer,
@@ -684,14 +688,18 @@ impl GpuModel {
         let mask = storage(&self.gpu, "monitor mask", bytemuck::cast_slice(&packed.mask));
         let mut binds = Vec::with_capacity(layers);
         for l in 0..layers {
-            let p = Uniform::new(&self.gpu, "project", project::Params {
-                d: c.d_model as u32,
-                dir: self.layout.dir(List::Project(l)) as u32,
-                layer: l as u32,
-                layers: layers as u32,
-                traits: units.len() as u32,
-                _pad: [0; 3],
-            });
+            let p = Uniform::new(
+                &self.gpu,
+                "project",
+                project::Params {
+                    d: c.d_model as u32,
+                    dir: self.layout.dir(List::Project(l)) as u32,
+                    layer: l as u32,
+                    layers: layers as u32,
+                    traits: units.len() as u32,
+                    _pad: [0; 3],
+                },
+            );
             let bind = self.kernels.project.bind(
                 &self.gpu,
                 &p.buffer,
@@ -735,7 +743,9 @@ impl GpuModel {
         }
         let vocab = c.vocab_size as u32;
         for (chunk, head) in chunks.iter().zip(self.heads.iter_mut()) {
-            head.norm.0.set(gpu, rms_norm::Params { rows: chunk.rows, cols: c.d_model as u32, eps: c.rms_eps, _pad: 0 });
+            head.norm
+                .0
+                .set(gpu, rms_norm::Params { rows: chunk.rows, cols: c.d_model as u32, eps: c.rms_eps, _pad: 0 });
             let kernel = &self.kernels.matmul[&(head.lm_head.kernel.0, false, false)];
             for (i, (u, _)) in head.lm_head.parts.iter_mut().enumerate() {
                 let mut io = Io::dense(&head.lm_head.matrix);
@@ -892,7 +902,9 @@ impl GpuModel {
     /// The logits of head row `row` as last computed.
     pub async fn read_logits_row(&self, row: usize) -> Result<Vec<f32>> {
         let vocab = self.config.vocab_size;
-        let bytes = crate::kernel::read_buffer(&self.gpu, &self.buffers.logits, (row * vocab * 4) as u64, (vocab * 4) as u64).await?;
+        let bytes =
+            crate::kernel::read_buffer(&self.gpu, &self.buffers.logits, (row * vocab * 4) as u64, (vocab * 4) as u64)
+                .await?;
         Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
     }
 

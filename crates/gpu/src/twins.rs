@@ -220,7 +220,14 @@ pub fn list_entries(words: &[u32], dir: u32, stride: usize) -> Result<Vec<&[u32]
 }
 
 /// Twin of `project.wgsl`: `out[base + t * layers + layer]` for every entry (row, base) and monitored trait t.
-pub fn project(p: &project::Params, x: &[f32], units: &[f32], mask: &[u32], out: &mut [f32], lists: &[u32]) -> Result<()> {
+pub fn project(
+    p: &project::Params,
+    x: &[f32],
+    units: &[f32],
+    mask: &[u32],
+    out: &mut [f32],
+    lists: &[u32],
+) -> Result<()> {
     let (layers, d) = (p.layers as usize, p.d as usize);
     let lanes = project::LANES as usize;
     for e in list_entries(lists, p.dir, 2)? {

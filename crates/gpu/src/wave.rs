@@ -67,6 +67,10 @@ impl Seq {
     }
 }
 
+/// A forward call ready to submit: its row table, tokens and plan, and the generating sequences whose next-token
+/// logits it computes (in logits-row order).
+type Call = (Vec<Row>, Vec<u32>, CallPlan, Vec<usize>);
+
 /// A submitted decode step whose records are not read yet.
 struct Pending {
     slot: usize,
@@ -104,7 +108,9 @@ impl GpuModel {
     fn projected_layers(&self, blocks: usize) -> Vec<usize> {
         let layers = self.layers();
         match &self.monitor {
-            Some(m) => (0..=blocks.min(layers - 1)).filter(|&l| (0..m.traits).any(|t| m.packed.on(t, l, layers))).collect(),
+            Some(m) => {
+                (0..=blocks.min(layers - 1)).filter(|&l| (0..m.traits).any(|t| m.packed.on(t, l, layers))).collect()
+            }
             None => Vec::new(),
         }
     }
@@ -129,11 +135,12 @@ impl GpuModel {
         let mut seqs: Vec<Seq> = Vec::with_capacity(wave.seqs.len());
         for (i, s) in wave.seqs.iter().enumerate() {
             let c = &self.config;
-            s.plan
-                .validate(s.len(), c.n_layers, d)
-                .map_err(GpuError::Model)?;
+            s.plan.validate(s.len(), c.n_layers, d).map_err(GpuError::Model)?;
             if let Some(&id) = s.tokens.iter().find(|&&id| id as usize >= c.vocab_size) {
-                return Err(GpuError::Model(personascope_model::ModelError::TokenOutOfRange { id, vocab: c.vocab_size }));
+                return Err(GpuError::Model(personascope_model::ModelError::TokenOutOfRange {
+                    id,
+                    vocab: c.vocab_size,
+                }));
             }
             let (prefix_base, start) = match s.prefix {
                 Some((p, len)) => {
@@ -206,13 +213,14 @@ impl GpuModel {
             return bad(format!("a wave returning {out} values (at most {})", self.options.out_floats));
         }
         let blocks = wave_blocks(wave, self.config.n_layers);
-        self.wave = WaveState { seqs, blocks, logits_row: vec![0; wave.seqs.len()], pending: VecDeque::new(), next_slot: 0 };
+        self.wave =
+            WaveState { seqs, blocks, logits_row: vec![0; wave.seqs.len()], pending: VecDeque::new(), next_slot: 0 };
         self.clear_out(out);
         Ok(out)
     }
 
     /// The call plan of wave rows `rows` ((sequence, own token index) pairs, grouped by sequence).
-    fn prefill_call(&self, rows: &[(usize, usize)]) -> Result<(Vec<Row>, Vec<u32>, CallPlan, Vec<usize>)> {
+    fn prefill_call(&self, rows: &[(usize, usize)]) -> Result<Call> {
         let w = &self.wave;
         let d = self.config.d_model;
         let (layers, traits, h) = (self.layers(), self.traits(), self.options.head_rows);
@@ -263,7 +271,8 @@ impl GpuModel {
                 end += 1;
             }
             if let (Some((off, ls, _)), Some(m)) = (&seq.slots.mean, &seq.plan.mean) {
-                let in_range: Vec<usize> = (r..end).filter(|&q| m.positions.contains(&(seq.start + rows[q].1))).collect();
+                let in_range: Vec<usize> =
+                    (r..end).filter(|&q| m.positions.contains(&(seq.start + rows[q].1))).collect();
                 if let (Some(&a), Some(&b)) = (in_range.first(), in_range.last()) {
                     for (li, &l) in ls.iter().enumerate().filter(|(_, l)| **l <= w.blocks) {
                         lists.push(List::Sum(l), &[a as u32, (b + 1 - a) as u32, (off + li * d) as u32, 0]);
@@ -329,7 +338,13 @@ impl GpuModel {
     }
 
     /// [`GpuModel::submit_call`] with every dispatch in its own timed pass.
-    fn submit_profiled(&mut self, rows: &[Row], tokens: Option<&[u32]>, call: &CallPlan, prof: &mut Profiler) -> Result<()> {
+    fn submit_profiled(
+        &mut self,
+        rows: &[Row],
+        tokens: Option<&[u32]>,
+        call: &CallPlan,
+        prof: &mut Profiler,
+    ) -> Result<()> {
         let q = &self.gpu.queue;
         q.write_buffer(&self.buffers.rows, 0, bytemuck::cast_slice(rows));
         if let Some(t) = tokens {
@@ -360,10 +375,12 @@ impl GpuModel {
         self.gpu.health()?;
         let (d, layers, traits) = (self.config.d_model, self.layers(), self.traits());
         let blocks = self.wave.blocks;
-        let at = |o: usize, n: usize| words.get(o..o + n).map(<[f32]>::to_vec).ok_or_else(|| GpuError::Readback {
-            what: "wave results".into(),
-            msg: format!("{} values, {} expected", words.len(), o + n),
-        });
+        let at = |o: usize, n: usize| {
+            words.get(o..o + n).map(<[f32]>::to_vec).ok_or_else(|| GpuError::Readback {
+                what: "wave results".into(),
+                msg: format!("{} values, {} expected", words.len(), o + n),
+            })
+        };
         let mut outs = Vec::with_capacity(self.wave.seqs.len());
         for seq in &self.wave.seqs {
             let mut out = PlanOut::default();
@@ -433,7 +450,8 @@ impl GpuModel {
         let mut lists = Lists::new(self.layout, active.len() as u32);
         let mut projected = Vec::with_capacity(active.len());
         for (j, &s) in active.iter().enumerate() {
-            let seq = self.wave.seqs.get(s).ok_or_else(|| GpuError::Unsupported(format!("no sequence {s} in the wave")))?;
+            let seq =
+                self.wave.seqs.get(s).ok_or_else(|| GpuError::Unsupported(format!("no sequence {s} in the wave")))?;
             let Some((sampling, hist)) = &seq.generate else {
                 return Err(GpuError::Unsupported(format!("sequence {s} does not generate")));
             };
@@ -486,7 +504,8 @@ impl GpuModel {
                 // Handles (wgpu buffers are reference-counted), so the call can borrow the model mutably.
                 let dst = self.buffers.step_staging[slot].clone();
                 let src = self.buffers.out.clone();
-                let submission = self.submit_call(&table, None, &call, Some((&src, (base * 4) as u64, &dst, (words * 4) as u64)))?;
+                let submission =
+                    self.submit_call(&table, None, &call, Some((&src, (base * 4) as u64, &dst, (words * 4) as u64)))?;
                 Some(Pending { slot, active: active.to_vec(), projected, submission })
             }
         };
@@ -515,16 +534,19 @@ impl GpuModel {
     /// Every residual index's row of the last token of `tokens`: [N+1][d].
     pub async fn residuals(&mut self, tokens: &[u32]) -> Result<Layers> {
         let n = self.config.n_layers;
-        let plan = Plan { capture: Some(Span::all_layers(tokens.len().saturating_sub(1)..tokens.len(), n)), ..Default::default() };
+        let plan = Plan {
+            capture: Some(Span::all_layers(tokens.len().saturating_sub(1)..tokens.len(), n)),
+            ..Default::default()
+        };
         let wave = Wave {
             seqs: vec![personascope_model::WaveSeq { prefix: None, tokens: tokens.to_vec(), plan, generate: None }],
             monitor: None,
         };
         let mut outs = self.prefill(&wave).await?;
-        outs.pop().and_then(|o| o.captured.into_iter().next()).map(|(_, r)| r).ok_or_else(|| GpuError::Readback {
-            what: "residuals".into(),
-            msg: "no row came back".into(),
-        })
+        outs.pop()
+            .and_then(|o| o.captured.into_iter().next())
+            .map(|(_, r)| r)
+            .ok_or_else(|| GpuError::Readback { what: "residuals".into(), msg: "no row came back".into() })
     }
 
     /// A reply to `prompt_ids` with no steering or monitoring, streaming each token's text through `on_token`.
@@ -536,7 +558,9 @@ impl GpuModel {
         on_token: &mut dyn FnMut(u32, &str) -> Flow,
     ) -> Result<schedule::GenOut> {
         let spec = GenSpec { prompt: prompt_ids.to_vec(), max_tokens, sampling: params.clone(), plan: Plan::default() };
-        let mut out = schedule::generate_many(self, &[spec], None, &mut |t| on_token(t.id, t.text), &mut |_| Flow::Continue).await?;
+        let mut out =
+            schedule::generate_many(self, &[spec], None, &mut |t| on_token(t.id, t.text), &mut |_| Flow::Continue)
+                .await?;
         out.pop().ok_or_else(|| GpuError::Unsupported("no reply".into()))
     }
 }
@@ -608,10 +632,16 @@ impl Engine for GpuModel {
     }
 
     async fn finish_step(&mut self) -> Result<Vec<StepToken>> {
-        let p = self.wave.pending.pop_front().ok_or_else(|| GpuError::Unsupported("no decode step was submitted".into()))?;
+        let p = self
+            .wave
+            .pending
+            .pop_front()
+            .ok_or_else(|| GpuError::Unsupported("no decode step was submitted".into()))?;
         let (layers, traits, h) = (self.layers(), self.traits(), self.options.head_rows);
         let words = step_words(h, traits, layers);
-        let bytes = read_staging_after(&self.gpu, &self.buffers.step_staging[p.slot], (words * 4) as u64, Some(p.submission)).await?;
+        let bytes =
+            read_staging_after(&self.gpu, &self.buffers.step_staging[p.slot], (words * 4) as u64, Some(p.submission))
+                .await?;
         self.gpu.health()?;
         let w: Vec<u32> = bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
         let scores_base = h * sample::OUT_WORDS as usize;
@@ -622,7 +652,8 @@ impl Engine for GpuModel {
                 .ok_or_else(|| GpuError::Readback { what: "sample record".into(), msg: "short read".into() })?;
             let scores = if proj {
                 let at = scores_base + j * traits * layers;
-                let raw: Vec<f32> = w.get(at..at + traits * layers).unwrap_or(&[]).iter().map(|&b| f32::from_bits(b)).collect();
+                let raw: Vec<f32> =
+                    w.get(at..at + traits * layers).unwrap_or(&[]).iter().map(|&b| f32::from_bits(b)).collect();
                 self.scores_of(&raw, blocks)
             } else {
                 Vec::new()

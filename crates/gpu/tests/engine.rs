@@ -116,8 +116,10 @@ fn batched_passes_match_the_cpu_one_at_a_time() {
     let mon = mixed_monitor(&cpu);
     let want: Vec<_> = specs.iter().map(|p| cpu.run_plan(&p.tokens, &p.plan, Some(&mon)).expect("reference")).collect();
     for batch in [64, 7] {
-        let mut g =
-            load_with(&path, EngineOptions { max_positions: 512, batch, max_traits: 4, head_rows: 5, out_floats: 1 << 20 });
+        let mut g = load_with(
+            &path,
+            EngineOptions { max_positions: 512, batch, max_traits: 4, head_rows: 5, out_floats: 1 << 20 },
+        );
         let got = pollster::block_on(run_passes(&mut g, &specs, Some(mon.clone()), &mut |_| Flow::Continue))
             .expect("gpu passes");
         for (i, (gout, w)) in got.outs.iter().zip(&want).enumerate() {
@@ -147,7 +149,7 @@ fn steered_monitored_generation_matches_cpu() {
     let mut cpu_engine = CpuEngine::new(&cpu);
     let want = pollster::block_on(generate_many(
         &mut cpu_engine,
-        &[spec.clone()],
+        std::slice::from_ref(&spec),
         Some(mon.clone()),
         &mut |_| Flow::Continue,
         &mut |_| Flow::Continue,
@@ -155,11 +157,12 @@ fn steered_monitored_generation_matches_cpu() {
     .expect("cpu")
     .remove(0);
     let mut g = load_gpu(&path);
-    let got = pollster::block_on(generate_many(&mut g, &[spec], Some(mon.clone()), &mut |_| Flow::Continue, &mut |_| {
-        Flow::Continue
-    }))
-    .expect("gpu")
-    .remove(0);
+    let got =
+        pollster::block_on(generate_many(&mut g, &[spec], Some(mon.clone()), &mut |_| Flow::Continue, &mut |_| {
+            Flow::Continue
+        }))
+        .expect("gpu")
+        .remove(0);
     assert_eq!(got.ids, want.ids, "steered greedy tokens");
     let close = |what: &str, a: &[Vec<f32>], b: &[Vec<f32>]| {
         for t in 0..3 {
@@ -177,9 +180,10 @@ fn steered_monitored_generation_matches_cpu() {
     // Steering really acts: without it the first scores differ.
     let plain = Plan { project: Some(p - 1..usize::MAX), ..Default::default() };
     let spec = GenSpec { prompt: ids, max_tokens: 1, sampling: SamplingParams::greedy(), plan: plain };
-    let unsteered = pollster::block_on(generate_many(&mut g, &[spec], Some(mon), &mut |_| Flow::Continue, &mut |_| Flow::Continue))
-        .expect("unsteered")
-        .remove(0);
+    let unsteered =
+        pollster::block_on(generate_many(&mut g, &[spec], Some(mon), &mut |_| Flow::Continue, &mut |_| Flow::Continue))
+            .expect("unsteered")
+            .remove(0);
     assert!((unsteered.prompt_scores[0][20] - got.prompt_scores[0][20]).abs() > 1e-3, "steering changed nothing");
 }
 
@@ -199,7 +203,11 @@ fn batched_generation_equals_one_at_a_time() {
                 GenSpec {
                     prompt: cpu.template.encode_prompt(&cpu.tokenizer, &msgs).expect("prompt"),
                     max_tokens: 4 + 3 * i,
-                    sampling: if i % 2 == 0 { SamplingParams::greedy() } else { SamplingParams { seed: i as u64, ..sampled.clone() } },
+                    sampling: if i % 2 == 0 {
+                        SamplingParams::greedy()
+                    } else {
+                        SamplingParams { seed: i as u64, ..sampled.clone() }
+                    },
                     plan: Plan::default(),
                 }
             })
@@ -208,9 +216,13 @@ fn batched_generation_equals_one_at_a_time() {
             pollster::block_on(generate_many(&mut g, &specs, None, &mut |_| Flow::Continue, &mut |_| Flow::Continue))
                 .expect("batched");
         for (i, s) in specs.iter().enumerate() {
-            let alone = pollster::block_on(generate_many(&mut g, &[s.clone()], None, &mut |_| Flow::Continue, &mut |_| {
-                Flow::Continue
-            }))
+            let alone = pollster::block_on(generate_many(
+                &mut g,
+                std::slice::from_ref(s),
+                None,
+                &mut |_| Flow::Continue,
+                &mut |_| Flow::Continue,
+            ))
             .expect("alone")
             .remove(0);
             assert_eq!(together[i].ids, alone.ids, "{}: reply {i}", path.display());

@@ -213,7 +213,8 @@ fn rope_long_positions() {
     // Reversed, so neither the row index nor the cache row follows the position.
     positions.reverse();
     let n = positions.len();
-    let rows: Vec<Row> = positions.iter().enumerate().map(|(t, &p)| row(p, t as u32, (n - 1 - t) as u32, 0, (0, 0))).collect();
+    let rows: Vec<Row> =
+        positions.iter().enumerate().map(|(t, &p)| row(p, t as u32, (n - 1 - t) as u32, 0, (0, 0))).collect();
     for (pairing, base, l3, scale) in [
         (RopePairing::Interleaved, 10_000.0, None, 1.0),
         (RopePairing::Halves, 1_000_000.0, None, 1.0),
@@ -312,7 +313,8 @@ fn parts<'a>(r: &Row, kv_dim: usize, kc: &'a [f32], vc: &'a [f32]) -> [(&'a [f32
 
 /// `Heads::attend` for every (row, head): each row over its own keys.
 fn cpu_attention(shape: &AttentionShape, rows: &[Row], q: &[f32], kc: &[f32], vc: &[f32]) -> Vec<f32> {
-    let heads = Heads { n_heads: shape.n_heads as usize, n_kv_heads: shape.n_kv_heads as usize, hd: shape.head_dim as usize };
+    let heads =
+        Heads { n_heads: shape.n_heads as usize, n_kv_heads: shape.n_kv_heads as usize, hd: shape.head_dim as usize };
     let (q_dim, kv_dim) = (heads.n_heads * heads.hd, heads.n_kv_heads * heads.hd);
     let mut out = vec![0f32; rows.len() * q_dim];
     for (t, r) in rows.iter().enumerate() {
@@ -562,8 +564,12 @@ fn ragged_calls_match_cpu() {
         linear_scale: 1.0,
         max_positions: cache_rows as u32,
     };
-    let ashape =
-        AttentionShape { n_heads: nh as u32, n_kv_heads: nkv as u32, head_dim: hd as u32, max_positions: cache_rows as u32 };
+    let ashape = AttentionShape {
+        n_heads: nh as u32,
+        n_kv_heads: nkv as u32,
+        head_dim: hd as u32,
+        max_positions: cache_rows as u32,
+    };
     let freqs = inv_freq(hd, 1_000_000.0, None);
     let (bq, bk, bv) = (random(q_dim, 90), random(kv_dim, 91), random(kv_dim, 92));
 

@@ -26,7 +26,7 @@ const PROJECT_REL: f32 = 1e-5;
 const PROJECT_F64_ABS: f32 = 1e-5;
 const PROJECT_F64_REL: f32 = 1e-5;
 /// Steering: x + alpha * v per entry in the same order; a fused multiply-add can change the last bit (values up
-/// to about 15 here, ulp 9.5e-7).
+/// to about 5 here, ulp 4.8e-7).
 const STEER_ABS: f32 = 2e-6;
 const STEER_REL: f32 = 1e-6;
 /// Running f32 sums of up to 12 values in [-1, 1] against f64: a few ulps of values up to 12.
@@ -212,7 +212,8 @@ fn gather_copies_listed_rows_to_their_offsets() {
         let out_len = 3 * d + 3 * d + 20;
         let out0 = random(out_len, seed + 1);
         let head0 = vec![f32::NAN; 3 * d];
-        let (ob, hb, sb) = (storage_f32(gpu, "out", &out0), storage_f32(gpu, "head", &head0), storage_f32(gpu, "x", &src));
+        let (ob, hb, sb) =
+            (storage_f32(gpu, "out", &out0), storage_f32(gpu, "head", &head0), storage_f32(gpu, "x", &src));
         let cp = gather::Params { d: d as u32, dir: cap_dir as u32, _pad: [0; 2] };
         let hp = gather::Params { d: d as u32, dir: head_dir as u32, _pad: [0; 2] };
         let cbind = k.bind(gpu, &Gather::params(gpu, &cp), &sb, &ob, &lb);
@@ -258,9 +259,9 @@ fn accumulate_sums_runs_over_two_calls_bit_identical_to_twin() {
         let sb = storage_f32(gpu, "sums", &sums0);
         let mut want = sums0.clone();
         let mut plain: Vec<f64> = sums0.iter().map(|&v| v as f64).collect();
-        // Call 1: 10 rows (A's rows 0..4 of which 1..4 are in its range, B's rows 4..9, C's row 9 outside its range:
-        // an empty run); D sums every row at index 2. Call 2: one decode row each for A, B and C.
-        let calls: [(usize, Vec<(List, [u32; 4])>); 2] = [
+        // Call 1: 10 rows (A's rows 0..4 of which 1..4 are in its range, B's rows 4..9 of which 5..9, C's row 9
+        // outside its range: an empty run); D sums every row at index 2. Call 2: one decode row each for A, B, C.
+        let calls = [
             (
                 10,
                 vec![
@@ -386,8 +387,16 @@ fn project_matches_twin_and_leaves_off_slots_untouched() {
         let mut binds = Vec::new();
         for l in 0..layers {
             let dir = layout.dir(List::Project(l)) as u32;
-            let p = project::Params { d: d as u32, dir, layer: l as u32, layers: layers as u32, traits: traits as u32, _pad: [0; 3] };
-            binds.push((k.bind(gpu, &Project::params(gpu, &p), &xb, &ub, &mb, &ob, &lb), lists.count(List::Project(l))));
+            let p = project::Params {
+                d: d as u32,
+                dir,
+                layer: l as u32,
+                layers: layers as u32,
+                traits: traits as u32,
+                _pad: [0; 3],
+            };
+            binds
+                .push((k.bind(gpu, &Project::params(gpu, &p), &xb, &ub, &mb, &ob, &lb), lists.count(List::Project(l))));
             twins::project(&p, &x, &packed.units, &packed.mask, &mut want, &words).expect("twin");
         }
         run(gpu, |pass| binds.iter().for_each(|(b, count)| k.dispatch(pass, b, *count, traits as u32)));
@@ -402,7 +411,8 @@ fn project_matches_twin_and_leaves_off_slots_untouched() {
                 on_slots[base(j) as usize + t * layers + l] = Some(dot as f32);
             }
         }
-        let off_listed = listed.iter().map(|&(l, _, _)| (0..traits).filter(|&t| !packed.on(t, l, layers)).count()).sum::<usize>();
+        let off_listed =
+            listed.iter().map(|&(l, _, _)| (0..traits).filter(|&t| !packed.on(t, l, layers)).count()).sum::<usize>();
         assert!(traits * layers == 1 || off_listed > 0, "the mask leaves some listed slots off");
         let what = format!("project {traits}x{layers}x{d}");
         let (mut g, mut tw, mut f) = (Vec::new(), Vec::new(), Vec::new());
@@ -549,8 +559,7 @@ fn gpu_sample(logits: &[f32], ids: &[u32], params: &[sample::Params]) -> Sampled
     let bind = k.bind(gpu, &pb, &lb, &ib, &work, &out, &tokens);
     run(gpu, |pass| k.dispatch(pass, &bind, params.len() as u32));
     let words = read_u32(gpu, &out, out_len);
-    let records =
-        params.iter().map(|p| Record::from_words(&words[p.out_offset as usize..]).expect("record")).collect();
+    let records = params.iter().map(|p| Record::from_words(&words[p.out_offset as usize..]).expect("record")).collect();
     Sampled {
         records,
         ids: read_u32(gpu, &ib, ids.len()),
@@ -739,7 +748,11 @@ fn sample_matches_twin() {
         let mut ids = ctx.clone();
         ids.resize(ctx.len() + params.len(), 0);
         let got = sample_both(&format!("vocab {vocab} scale {scale}"), &logits, &ids, &params);
-        // Not all one token: the comparison covers real draws.
+        // Not all one token: the comparison covers real draws (with 2 tokens at these logits, all draws giving
+        // the likelier one is plausible).
+        if vocab <= 2 {
+            continue;
+        }
         let mut distinct: Vec<u32> = got.iter().map(|r| r.token).collect();
         distinct.sort_unstable();
         distinct.dedup();
@@ -980,7 +993,8 @@ fn several_sequences_per_dispatch_over_decode_steps() {
     ];
     let n = seqs.len();
     let steps = 3usize;
-    let (work_slot, out_slot, token_slot) = ([3usize, 0, 6, 1, 5, 2, 4], [5usize, 2, 0, 6, 1, 4, 3], [1usize, 6, 3, 0, 2, 5, 4]);
+    let (work_slot, out_slot, token_slot) =
+        ([3usize, 0, 6, 1, 5, 2, 4], [5usize, 2, 0, 6, 1, 4, 3], [1usize, 6, 3, 0, 2, 5, 4]);
     let mut ids = vec![0u32; 400];
     for (s, &(_, _, start, len)) in seqs.iter().enumerate() {
         assert!(s + 1 == n || start + len + steps <= seqs[s + 1].2, "history regions overlap");
@@ -1042,7 +1056,8 @@ fn several_sequences_per_dispatch_over_decode_steps() {
             let (set, row, start, len) = &seqs[s];
             if set.temperature == 0.0 {
                 let ctx = &t_ids[*start..start + len + step];
-                let cpu = Sampler::new(set.clone()).expect("sampler").sample(&logits[row * vocab..(row + 1) * vocab], ctx);
+                let cpu =
+                    Sampler::new(set.clone()).expect("sampler").sample(&logits[row * vocab..(row + 1) * vocab], ctx);
                 let rec = Record::from_words(&got_out[p.out_offset as usize..]).expect("record");
                 assert_eq!(rec.token, cpu, "step {step} sequence {s}: GPU vs CPU Sampler");
             }

@@ -106,7 +106,8 @@ impl<'m> CpuEngine<'m> {
             match (seg_seq.last(), segs.last_mut()) {
                 (Some(&last), Some(g)) if last == s => g.rows.end = r + 1,
                 _ => {
-                    let pos0 = self.seqs.get(s).map(|q| q.len).ok_or_else(|| ModelError::Hook(format!("no sequence {s}")))?;
+                    let pos0 =
+                        self.seqs.get(s).map(|q| q.len).ok_or_else(|| ModelError::Hook(format!("no sequence {s}")))?;
                     segs.push(Segment { pos0, rows: r..r + 1 });
                     seg_seq.push(s);
                 }
@@ -367,7 +368,8 @@ impl Engine for CpuEngine<'_> {
         let mut rows = Vec::with_capacity(active.len());
         for &s in active {
             let seq = self.seqs.get_mut(s).ok_or_else(|| ModelError::Hook(format!("no sequence {s}")))?;
-            let sampler = seq.sampler.as_mut().ok_or_else(|| ModelError::Hook(format!("sequence {s} does not generate")))?;
+            let sampler =
+                seq.sampler.as_mut().ok_or_else(|| ModelError::Hook(format!("sequence {s} does not generate")))?;
             if seq.logits.is_empty() {
                 return Err(ModelError::Hook(format!("sequence {s} has no logits to sample from")));
             }

@@ -98,9 +98,10 @@ pub fn distinct(layers: &[usize]) -> Vec<usize> {
 /// Blocks a wave runs: all of them when a sequence generates or needs log-probabilities; otherwise only as many
 /// as the deepest residual index a plan reads (a projection reads every index where the monitor has a direction).
 pub fn wave_blocks(wave: &Wave, n_layers: usize) -> usize {
-    let monitor_deepest = wave.monitor.as_ref().and_then(|m| {
-        m.iter().filter_map(|per_layer| per_layer.iter().rposition(Option::is_some)).max()
-    });
+    let monitor_deepest = wave
+        .monitor
+        .as_ref()
+        .and_then(|m| m.iter().filter_map(|per_layer| per_layer.iter().rposition(Option::is_some)).max());
     let mut deepest = 0;
     for s in &wave.seqs {
         if s.generate.is_some() || s.plan.needs_head() {

@@ -20,8 +20,9 @@ const CHUNK_ROWS: usize = 32;
 /// passes over them, instead of streaming all of x from memory once per panel.
 const X_BLOCK_FLOATS: usize = 64 * 1024;
 
-/// Which tile kernel to run. Only `Kernel::detect` can select the AVX2 one, and only on a CPU that has it, so
-/// holding a `Kernel` is proof that its instructions are available.
+/// Which tile kernel to run. Outside this module only `PORTABLE` can be named; the others come from
+/// `Kernel::detect` (and `available` in tests), which return them only on a CPU that has their instructions, so
+/// holding a `Kernel` is proof that they are available.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Kernel(Imp);
 
@@ -38,12 +39,22 @@ impl Kernel {
     /// Plain Rust, for every target (vectorized by the compiler for the target's baseline).
     pub(crate) const PORTABLE: Kernel = Kernel(Imp::Portable);
 
-    /// The fastest kernel this CPU supports.
+    /// The fastest kernel this CPU supports (feature detection is cached by std, so this is cheap per call).
     pub(crate) fn detect() -> Kernel {
-        Kernel::available().pop().unwrap_or(Kernel::PORTABLE)
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Kernel(Imp::Avx512);
+            }
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                return Kernel(Imp::Avx2Fma);
+            }
+        }
+        Kernel::PORTABLE
     }
 
-    /// Every kernel this CPU supports, slowest first.
+    /// Every kernel this CPU supports, slowest first, so tests and the microbenchmark can run each one.
+    #[cfg(test)]
     pub(crate) fn available() -> Vec<Kernel> {
         #[allow(unused_mut)] // only x86-64 adds any
         let mut k = vec![Kernel::PORTABLE];
@@ -120,7 +131,8 @@ pub(crate) fn matmul<'a>(
 /// One chunk: `w` holds `panels * MR` dequantized rows of `cols`; `out[t][i]` receives row i's output for input
 /// row t (segments may be shorter than `panels * MR`: the padding rows are dropped).
 fn chunk(kernel: Kernel, w: &[f32], panels: usize, cols: usize, x: &[f32], n: usize, out: &mut [&mut [f32]]) {
-    let block = (X_BLOCK_FLOATS / cols / NR).max(1) * NR;
+    // A multiple of 12, so every kernel's tiles (3 or 4 input rows) divide a full block.
+    let block = (X_BLOCK_FLOATS / cols / 12).max(1) * 12;
     let mut t0 = 0;
     while t0 < n {
         let t1 = n.min(t0 + block);
@@ -275,9 +287,12 @@ mod avx512 {
     use super::{store, MR};
     use std::arch::x86_64::*;
 
-    /// Input rows per tile: 4 x 4 sixteen-lane accumulators.
+    /// Input rows per tile: 4 x 4 sixteen-lane accumulators. (4 x 6 would fit the 32 registers, but the compiler
+    /// then spills accumulators and it measured slower than AVX2.)
     const NR: usize = 4;
 
+    /// The AVX-512 kernel over one panel and input rows `ts`; same contract as `panel_portable`.
+    ///
     /// # Safety
     /// The CPU must support AVX-512F.
     #[target_feature(enable = "avx512f")]
@@ -302,7 +317,13 @@ mod avx512 {
         }
     }
 
-    #[inline(always)]
+    /// One sixteen-column step of a tile; `mask` selects the columns that exist (all but in the last step).
+    ///
+    /// # Safety
+    /// Columns `c..c + 16` under `mask` must lie within `cols`, the panel must hold `MR` rows of `cols` and every
+    /// x row at least `cols` floats.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
     unsafe fn step<const N: usize>(
         acc: &mut [[__m512; N]; MR],
         panel: &[f32],
@@ -313,28 +334,35 @@ mod avx512 {
     ) {
         let mut xv = [_mm512_setzero_ps(); N];
         for (v, xj) in xv.iter_mut().zip(xs) {
-            *v = _mm512_maskz_loadu_ps(mask, xj.as_ptr().add(c));
+            // SAFETY: the masked lanes are columns below `cols` of a row of at least `cols` floats (caller);
+            // lanes outside the mask are not read.
+            *v = unsafe { _mm512_maskz_loadu_ps(mask, xj.as_ptr().add(c)) };
         }
         for (i, acc_i) in acc.iter_mut().enumerate() {
-            let w = _mm512_maskz_loadu_ps(mask, panel.as_ptr().add(i * cols + c));
+            // SAFETY: as above, within row i of the panel (i < MR).
+            let w = unsafe { _mm512_maskz_loadu_ps(mask, panel.as_ptr().add(i * cols + c)) };
             for (a, v) in acc_i.iter_mut().zip(&xv) {
                 *a = _mm512_fmadd_ps(w, *v, *a);
             }
         }
     }
 
+    /// `MR` x `N` dot products: one sixteen-lane FMA accumulator per pair, reduced once at the end.
     #[inline]
     #[target_feature(enable = "avx512f")]
     fn tile<const N: usize>(panel: &[f32], cols: usize, xs: [&[f32]; N]) -> [[f32; N]; MR] {
+        // Bounds for the unchecked loads in `step`: the panel holds MR rows and every x row `cols` floats.
         assert!(panel.len() >= MR * cols && xs.iter().all(|xj| xj.len() >= cols));
         let mut acc = [[_mm512_setzero_ps(); N]; MR];
         let body = cols / 16 * 16;
         let mut c = 0;
         while c < body {
+            // SAFETY: c + 16 <= body <= cols; panel and x sizes asserted above.
             unsafe { step(&mut acc, panel, cols, &xs, c, !0) };
             c += 16;
         }
         if c < cols {
+            // SAFETY: the mask keeps the cols - c < 16 columns that remain.
             unsafe { step(&mut acc, panel, cols, &xs, c, (1u16 << (cols - c)) - 1) };
         }
         let mut sums = [[0f32; N]; MR];

@@ -20,13 +20,13 @@ mod weights;
 
 pub use chat::{ChatTemplate, Message};
 pub use config::{Arch, Config, RopePairing};
+pub use cpu::CpuEngine;
+pub use engine::{Engine, Limits, StepToken, Wave, WaveSeq};
 pub use error::{ModelError, Result};
 pub use generate::{generate, Flow, Generation, StopReason, TokenEvent};
 pub use hooks::{NoHook, PlanHook, ResidualHook, Steering};
-pub use cpu::CpuEngine;
-pub use engine::{Engine, Limits, StepToken, Wave, WaveSeq};
 pub use model::{KvCache, Logits, Model};
 pub use plan::{Layers, Plan, PlanOut, Span, Units};
-pub use schedule::{generate_many, run_passes, GenOut, GenSpec, PassSpec, Passes};
 pub use sample::{argmax, Rng, Sampler, SamplingParams};
+pub use schedule::{generate_many, run_passes, GenOut, GenSpec, PassSpec, Passes};
 pub use tokenizer::{TextStream, Tokenizer};

@@ -154,7 +154,8 @@ impl Model {
             *cache = self.new_cache();
         }
         let segs = [Segment { pos0, rows: 0..n }];
-        let x = self.run_blocks(tokens, &segs, cache, c.n_layers, &mut |layer, x| hook.on_residual(layer, pos0, x, d))?;
+        let x =
+            self.run_blocks(tokens, &segs, cache, c.n_layers, &mut |layer, x| hook.on_residual(layer, pos0, x, d))?;
         cache.len += n;
         let rows = match logits {
             Logits::Last => &x[(n - 1) * d..],

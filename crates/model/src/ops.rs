@@ -43,7 +43,13 @@ pub fn attention(
     let shape = Heads { n_heads, n_kv_heads, hd };
     for_each_head(out, hd, |idx, o| {
         let t = idx / n_heads;
-        shape.attend(idx % n_heads, &q[t * n_heads * hd..(t + 1) * n_heads * hd], &[(k_cache, v_cache)], pos0 + t + 1, o)
+        shape.attend(
+            idx % n_heads,
+            &q[t * n_heads * hd..(t + 1) * n_heads * hd],
+            &[(k_cache, v_cache)],
+            pos0 + t + 1,
+            o,
+        )
     });
 }
 
@@ -60,32 +66,55 @@ impl Heads {
     /// position order (each part [rows, n_kv_heads * hd]: a shared prefix's cache, then the sequence's own). This is
     /// the CPU twin of `attention.wgsl`, which reads a row's keys from the same two parts.
     pub fn attend(&self, h: usize, q_row: &[f32], parts: &[(&[f32], &[f32])], n_keys: usize, o: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features the function is compiled for (checked just above).
+            return unsafe { self.attend_avx2(h, q_row, parts, n_keys, o) };
+        }
+        self.attend_impl(h, q_row, parts, n_keys, o)
+    }
+
+    /// The same code compiled for AVX2 + FMA (the dot products and the weighted sum vectorize 8 wide).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn attend_avx2(&self, h: usize, q_row: &[f32], parts: &[(&[f32], &[f32])], n_keys: usize, o: &mut [f32]) {
+        self.attend_impl(h, q_row, parts, n_keys, o)
+    }
+
+    #[inline(always)]
+    fn attend_impl(&self, h: usize, q_row: &[f32], parts: &[(&[f32], &[f32])], n_keys: usize, o: &mut [f32]) {
         let (hd, kv_dim) = (self.hd, self.n_kv_heads * self.hd);
         let kv_off = (h / (self.n_heads / self.n_kv_heads)) * hd;
         let scale = 1.0 / (hd as f32).sqrt();
         let qh = &q_row[h * hd..(h + 1) * hd];
-        let keys = || {
-            parts
-                .iter()
-                .flat_map(|(k, v)| k.chunks_exact(kv_dim).zip(v.chunks_exact(kv_dim)))
-                .take(n_keys)
-                .map(|(k, v)| (&k[kv_off..kv_off + hd], &v[kv_off..kv_off + hd]))
-        };
-        let scores: Vec<f32> = keys().map(|(k, _)| dot(qh, k) * scale).collect();
-        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+        // (keys, values) row slices of this head, in position order across the parts, the first n_keys of them.
+        let mut scores = Vec::with_capacity(n_keys);
+        let mut rows: Vec<(&[f32], &[f32])> = Vec::with_capacity(n_keys);
+        'parts: for (k, v) in parts {
+            let count = (k.len() / kv_dim).min(v.len() / kv_dim);
+            for j in 0..count {
+                if rows.len() == n_keys {
+                    break 'parts;
+                }
+                let at = j * kv_dim + kv_off;
+                rows.push((&k[at..at + hd], &v[at..at + hd]));
+            }
+        }
+        let mut max = f32::NEG_INFINITY;
+        for (k, _) in &rows {
+            let s = dot(qh, k) * scale;
+            max = max.max(s);
+            scores.push(s);
+        }
         let mut sum = 0f32;
-        let exps: Vec<f32> = scores
-            .iter()
-            .map(|&s| {
-                let e = (s - max).exp();
-                sum += e;
-                e
-            })
-            .collect();
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
         o.fill(0.0);
-        for (e, (_, v)) in exps.iter().zip(keys()) {
+        for (e, (_, v)) in scores.iter().zip(&rows) {
             let p = e / sum;
-            for (oi, vi) in o.iter_mut().zip(v) {
+            for (oi, vi) in o.iter_mut().zip(v.iter()) {
                 *oi += p * vi;
             }
         }
@@ -125,12 +154,16 @@ pub fn rope(
     linear_scale: f32,
 ) {
     let half = inv_freq.len();
+    // The angles depend on the position and the pair only: computed once per row, applied to every head.
+    let mut sc = vec![(0f32, 0f32); half];
     for (t, row) in x.chunks_exact_mut(heads * hd).enumerate() {
         let pos = (pos0 + t) as f32 / linear_scale;
+        for (v, &f) in sc.iter_mut().zip(inv_freq) {
+            let (sin, cos) = ((pos * f) as f64).sin_cos();
+            *v = (sin as f32, cos as f32);
+        }
         for head in row.chunks_exact_mut(hd) {
-            for (i, &f) in inv_freq.iter().enumerate() {
-                let (sin, cos) = ((pos * f) as f64).sin_cos();
-                let (sin, cos) = (sin as f32, cos as f32);
+            for (i, &(sin, cos)) in sc.iter().enumerate() {
                 let (a, b) = match pairing {
                     RopePairing::Interleaved => (2 * i, 2 * i + 1),
                     RopePairing::Halves => (i, i + half),

@@ -124,12 +124,7 @@ impl PlanOut {
 
 /// Unit directions from raw vectors `[trait][residual index]` (zero or non-finite vectors are dropped).
 pub fn units(vectors: &[Vec<Option<Vec<f32>>>]) -> Arc<Units> {
-    Arc::new(
-        vectors
-            .iter()
-            .map(|per_layer| per_layer.iter().map(|v| v.as_deref().and_then(unit)).collect())
-            .collect(),
-    )
+    Arc::new(vectors.iter().map(|per_layer| per_layer.iter().map(|v| v.as_deref().and_then(unit)).collect()).collect())
 }
 
 /// `v / |v|`, or None for a zero or non-finite vector.

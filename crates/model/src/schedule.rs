@@ -152,16 +152,12 @@ struct Filling {
 
 impl Filling {
     fn new(monitor: Option<Arc<Units>>) -> Self {
-        Filling {
-            wave: Wave { seqs: Vec::new(), monitor },
-            members: Vec::new(),
-            kv: 0,
-            out: 0,
-            rows: 0,
-            prefix: None,
-        }
+        Filling { wave: Wave { seqs: Vec::new(), monitor }, members: Vec::new(), kv: 0, out: 0, rows: 0, prefix: None }
     }
 }
+
+/// A wave and, per sequence of it, the item it runs (None: a shared prefix).
+type Placed = (Wave, Vec<Option<usize>>);
 
 /// Packs groups into waves within `limits`.
 fn waves(
@@ -172,7 +168,7 @@ fn waves(
     d: usize,
     monitor: Option<Arc<Units>>,
     max_positions: usize,
-) -> Result<Vec<(Wave, Vec<Option<usize>>)>, ModelError> {
+) -> Result<Vec<Placed>, ModelError> {
     let traits = monitor.as_ref().map_or(0, |m| m.len());
     let mut done = Vec::new();
     let mut cur = Filling::new(monitor.clone());
@@ -197,7 +193,8 @@ fn waves(
                 let s = seq_of(it, with_prefix.then_some((0, base)));
                 let kv = f.kv + s.kv_rows() + if new_prefix { shared } else { 0 };
                 let seqs = f.wave.seqs.len() + 1 + usize::from(new_prefix);
-                let gens = f.wave.seqs.iter().filter(|s| s.generate.is_some()).count() + usize::from(s.generate.is_some());
+                let gens =
+                    f.wave.seqs.iter().filter(|s| s.generate.is_some()).count() + usize::from(s.generate.is_some());
                 let out = f.out + out_floats(&s, layers, d, traits);
                 let rows = f.rows + s.tokens.len() + if new_prefix { shared } else { 0 };
                 let empty = f.wave.seqs.is_empty();
@@ -221,7 +218,12 @@ fn waves(
             }
             let use_prefix = share && fits(&cur, true);
             if use_prefix && cur.prefix.is_none() {
-                let p = WaveSeq { prefix: None, tokens: it.tokens[..shared].to_vec(), plan: Plan::default(), generate: None };
+                let p = WaveSeq {
+                    prefix: None,
+                    tokens: it.tokens[..shared].to_vec(),
+                    plan: Plan::default(),
+                    generate: None,
+                };
                 cur.kv += shared;
                 cur.rows += shared;
                 cur.prefix = Some(cur.wave.seqs.len());
@@ -272,7 +274,12 @@ pub async fn run_passes<E: Engine>(
     let c = e.config().clone();
     let items: Vec<Item<'_>> = passes
         .iter()
-        .map(|p| Item { tokens: &p.tokens, plan: &p.plan, generate: None, shareable: p.plan.first_touched(p.tokens.len()) })
+        .map(|p| Item {
+            tokens: &p.tokens,
+            plan: &p.plan,
+            generate: None,
+            shareable: p.plan.first_touched(p.tokens.len()),
+        })
         .collect();
     let groups = group(&items);
     let waves = waves(&items, groups, &e.limits(), c.n_layers + 1, c.d_model, monitor, e.max_positions())?;
@@ -338,7 +345,8 @@ pub async fn generate_many<E: Engine>(
             .collect();
         let mut pending: VecDeque<Vec<usize>> = VecDeque::new();
         let mut step = 0u32;
-        let first: Vec<usize> = (0..replies.len()).filter(|&i| replies[i].as_ref().is_some_and(|r| r.may_submit(0))).collect();
+        let first: Vec<usize> =
+            (0..replies.len()).filter(|&i| replies[i].as_ref().is_some_and(|r| r.may_submit(0))).collect();
         if !first.is_empty() {
             e.submit_step(&first, step)?;
             pending.push_back(first);
@@ -377,8 +385,12 @@ pub async fn generate_many<E: Engine>(
         for ((m, r), prompt_out) in members.iter().zip(replies.iter_mut()).zip(prompt_outs) {
             let (Some(m), Some(r)) = (m, r) else { continue };
             let prompt_len = specs[*m].prompt.len();
-            let prompt_scores =
-                prompt_out.scores.iter().find(|(p, _)| *p + 1 == prompt_len).map(|(_, s)| s.clone()).unwrap_or_default();
+            let prompt_scores = prompt_out
+                .scores
+                .iter()
+                .find(|(p, _)| *p + 1 == prompt_len)
+                .map(|(_, s)| s.clone())
+                .unwrap_or_default();
             let text = r.finish();
             results[*m] = Some(GenOut {
                 ids: std::mem::take(&mut r.ids),

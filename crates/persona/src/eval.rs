@@ -13,12 +13,12 @@
 use personascope_model::{Flow, Steering};
 
 use crate::backend::{self, Backend, Plan, Span};
-use personascope_model::schedule::PassSpec;
 use crate::error::{PersonaError, Result};
 use crate::monitor::NeutralItem;
 use crate::stats;
 use crate::traits::TraitDefinition;
 use crate::vector_file::TraitVector;
+use personascope_model::schedule::PassSpec;
 
 #[derive(Debug, Clone)]
 pub struct EvalOptions {
@@ -301,9 +301,10 @@ pub async fn evaluate<B: Backend>(
         }
     }
     let total = specs.len();
-    let outs =
-        backend::all_passes(backend, &specs, None, &mut |p| progress(Progress { stage: "steering", done: p.done, total }))
-            .await?;
+    let outs = backend::all_passes(backend, &specs, None, &mut |p| {
+        progress(Progress { stage: "steering", done: p.done, total })
+    })
+    .await?;
     let per_setting = 2 * items.len() + neutral_tokens.len();
     let mut steering = Vec::new();
     let mut slopes = Vec::new();

@@ -5,10 +5,10 @@
 use personascope_model::{Flow, SamplingParams};
 
 use crate::backend::{self, Backend, Layers, Plan, Span};
-use personascope_model::schedule::{self, GenSpec, PassSpec};
 use crate::error::{PersonaError, Result};
 use crate::traits::TraitDefinition;
 use crate::vector_file::{TraitVector, VectorMeta};
+use personascope_model::schedule::{self, GenSpec, PassSpec};
 
 /// Which positions are averaged (section 3.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,10 +220,16 @@ pub async fn extract<B: Backend>(
                         .sampling
                         .seed
                         .wrapping_add(((s.question * pairs + s.pair) * rollouts + s.rollout) as u64 * 2 + k as u64);
-                    GenSpec { prompt: s.prompts[k].clone(), max_tokens: opts.max_tokens, sampling, plan: Plan::default() }
+                    GenSpec {
+                        prompt: s.prompts[k].clone(),
+                        max_tokens: opts.max_tokens,
+                        sampling,
+                        plan: Plan::default(),
+                    }
                 })
                 .collect();
-            let replies = backend::generate(backend, &specs, None, &mut |_| Flow::Continue, &mut |p| report(0, p)).await?;
+            let replies =
+                backend::generate(backend, &specs, None, &mut |_| Flow::Continue, &mut |p| report(0, p)).await?;
             if replies.iter().any(|r| r.stop == personascope_model::StopReason::Cancelled) {
                 return Err(PersonaError::Cancelled);
             }

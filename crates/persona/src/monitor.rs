@@ -2,12 +2,12 @@
 //! a z-score and a percentile rather than a raw dot product (persona-method.md section 13.5).
 
 use crate::backend::{self, Backend, Plan};
-use personascope_model::schedule::{self, GenSpec, PassSpec};
-use personascope_model::SamplingParams;
 use crate::error::{PersonaError, Result};
 use crate::stats;
 use crate::vector_file::{Calibration, TraitVector};
+use personascope_model::schedule::{self, GenSpec, PassSpec};
 use personascope_model::Flow;
+use personascope_model::SamplingParams;
 
 /// A neutral question with a plain answer (the built-in calibration and perplexity set).
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -35,7 +35,11 @@ pub const QUANTILES: usize = 21;
 pub const CALIBRATION_TOKENS: usize = 48;
 
 /// Calibrates `vector` on the neutral `items` at every residual index (see [`calibrate_with_progress`]).
-pub async fn calibrate<B: Backend>(backend: &mut B, vector: &TraitVector, items: &[NeutralItem]) -> Result<Calibration> {
+pub async fn calibrate<B: Backend>(
+    backend: &mut B,
+    vector: &TraitVector,
+    items: &[NeutralItem],
+) -> Result<Calibration> {
     calibrate_with_progress(backend, vector, items, &mut |_| Flow::Continue).await
 }
 
@@ -62,7 +66,8 @@ pub async fn calibrate_with_progress<B: Backend>(
     let monitor = personascope_model::plan::units(&[raw]);
     let layers = vector.rows.len();
     let total = 2 * items.len();
-    let mut report = |base: usize, p: schedule::Progress| progress(crate::extract::Progress { done: base + p.done, total });
+    let mut report =
+        |base: usize, p: schedule::Progress| progress(crate::extract::Progress { done: base + p.done, total });
 
     let mut specs = Vec::with_capacity(items.len());
     let mut written = Vec::with_capacity(items.len());
@@ -202,7 +207,9 @@ mod tests {
 
     #[test]
     fn normal_tail_matches_known_values() {
-        for (z, p) in [(0.0f32, 0.5f32), (1.0, 0.158_655_25), (2.0, 0.022_750_13), (3.0, 0.001_349_9), (-2.0, 0.977_249_87)] {
+        for (z, p) in
+            [(0.0f32, 0.5f32), (1.0, 0.158_655_25), (2.0, 0.022_750_13), (3.0, 0.001_349_9), (-2.0, 0.977_249_87)]
+        {
             assert!((normal_tail(z) - p).abs() < 1e-6, "z {z}: {} vs {p}", normal_tail(z));
         }
     }

@@ -9,11 +9,11 @@
 use personascope_model::{Flow, Message, SamplingParams};
 
 use crate::backend::{self, Backend, Plan, Span};
-use personascope_model::schedule::{self, GenSpec, PassSpec};
 use crate::dataset::Sample;
 use crate::error::{PersonaError, Result};
 use crate::stats;
 use crate::vector_file::TraitVector;
+use personascope_model::schedule::{self, GenSpec, PassSpec};
 
 #[derive(Debug, Clone)]
 pub struct ScreenOptions {
@@ -22,11 +22,13 @@ pub struct ScreenOptions {
     pub cheap: bool,
     /// Longest own response generated per sample (projection difference).
     pub max_tokens: usize,
+    /// Samples per batch job: progress and cancellation come after each.
+    pub chunk: usize,
 }
 
 impl Default for ScreenOptions {
     fn default() -> Self {
-        ScreenOptions { layer: None, cheap: false, max_tokens: 64 }
+        ScreenOptions { layer: None, cheap: false, max_tokens: 64, chunk: 32 }
     }
 }
 
@@ -87,9 +89,6 @@ pub fn default_layer(vector: &TraitVector) -> Option<usize> {
     vector.meta.screen_layer.or(vector.meta.layer)
 }
 
-/// Samples screened per batch job: progress and cancellation come after each.
-const CHUNK: usize = 32;
-
 /// Screens `samples`. Per chunk of samples, one batch job generates the model's own greedy answers (projection
 /// difference; their projections come with the tokens, so they are never re-run) and one scores the dataset
 /// responses. `progress` runs as batches finish; returning `Flow::Stop` ends the run after the current chunk and
@@ -126,7 +125,8 @@ pub async fn screen<B: Backend>(
             })
         }
     };
-    let monitor = personascope_model::plan::units(&[(0..=c.n_layers).map(|l| (l == layer).then(|| row.clone())).collect()]);
+    let monitor =
+        personascope_model::plan::units(&[(0..=c.n_layers).map(|l| (l == layer).then(|| row.clone())).collect()]);
     let max = backend.max_positions();
     let mut scores = Vec::with_capacity(samples.len());
     let mut skipped = Vec::new();
@@ -153,7 +153,7 @@ pub async fn screen<B: Backend>(
         ready.push((s, prompt, tokens));
     }
     let mut done = skipped.len();
-    for chunk in ready.chunks(CHUNK) {
+    for chunk in ready.chunks(opts.chunk.max(1)) {
         let halves = if opts.cheap { 1 } else { 2 };
         let mut report = |base: usize, p: schedule::Progress| {
             let part = (base + p.done) * chunk.len() / (halves * p.total.max(1));
@@ -171,10 +171,11 @@ pub async fn screen<B: Backend>(
                     plan: Plan { project: Some(prompt.len()..usize::MAX), ..Default::default() },
                 })
                 .collect();
-            let replies = backend::generate(backend, &specs, Some(monitor.clone()), &mut |_| Flow::Continue, &mut |p| {
-                report(0, p)
-            })
-            .await?;
+            let replies =
+                backend::generate(backend, &specs, Some(monitor.clone()), &mut |_| Flow::Continue, &mut |p| {
+                    report(0, p)
+                })
+                .await?;
             if replies.iter().any(|r| r.stop == personascope_model::StopReason::Cancelled) {
                 cancelled = true;
                 break;
@@ -199,10 +200,9 @@ pub async fn screen<B: Backend>(
             })
             .collect();
         let base = if opts.cheap { 0 } else { chunk.len() };
-        let outs = backend::passes(backend, &specs, None, &mut |p| {
-            report(base * p.total.max(1) / chunk.len().max(1), p)
-        })
-        .await?;
+        let outs =
+            backend::passes(backend, &specs, None, &mut |p| report(base * p.total.max(1) / chunk.len().max(1), p))
+                .await?;
         for (((s, prompt, tokens), out), own) in chunk.iter().zip(outs.outs).zip(own) {
             let Some(out) = out else { continue };
             let projection = out.mean.as_ref().and_then(|m| m.get(layer)).map_or(f32::NAN, |h| stats::dot(h, &unit));

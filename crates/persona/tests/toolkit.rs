@@ -4,8 +4,9 @@
 //! on 2 cores, the GPU on lavapipe).
 
 use personascope_gpu::{AdapterChoice, EngineOptions, Gpu, GpuModel};
-use personascope_model::{Flow, Model, SamplingParams, Steering};
-use personascope_persona::backend::{Backend, CpuBackend, GpuBackend, Pass};
+use personascope_model::schedule::{GenSpec, PassSpec};
+use personascope_model::{CpuEngine, Flow, Model, Plan, PlanOut, SamplingParams, Span, Steering};
+use personascope_persona::backend::{self, Backend};
 use personascope_persona::extract::{self, ExtractOptions, KeepNonEmpty, Mode};
 use personascope_persona::monitor::{self, Reading};
 use personascope_persona::screen::{self, ScreenOptions};
@@ -24,8 +25,20 @@ fn gpu_model() -> GpuModel {
         .expect("no Vulkan adapter; install Mesa's lavapipe: apt-get install mesa-vulkan-drivers libvulkan1");
     assert_eq!(gpu.adapter.backend, personascope_gpu::wgpu::Backend::Vulkan, "tests must run on Vulkan");
     let bytes = std::fs::read(default_model()).expect("read model");
-    let opts = EngineOptions { max_positions: 256, batch: 32, max_traits: 4 };
+    let opts = EngineOptions { max_positions: 256, batch: 32, max_traits: 4, head_rows: 8, out_floats: 1 << 20 };
     pollster::block_on(GpuModel::load(gpu, &bytes, opts)).expect("load on GPU")
+}
+
+/// One pass through the backend's batch path.
+fn pass<B: Backend>(b: &mut B, tokens: &[u32], plan: Plan) -> PlanOut {
+    let spec = PassSpec { tokens: tokens.to_vec(), plan };
+    pollster::block_on(backend::all_passes(b, &[spec], None, &mut |_| Flow::Continue)).expect("pass").remove(0)
+}
+
+/// The last token's rows at every residual index.
+fn last<B: Backend>(b: &mut B, tokens: &[u32]) -> Vec<Vec<f32>> {
+    let out = pass(b, tokens, backend::last_token_plan(tokens.len(), b.config().n_layers));
+    backend::last_rows(&out).expect("rows").clone()
 }
 
 /// A prompt-last vector from 3 extraction questions x 2 pairs (fast), shared by the tests below.
@@ -34,7 +47,7 @@ fn impolite_vector() -> &'static vector_file::TraitVector {
     V.get_or_init(|| {
         let def = builtin_by_name("impolite").expect("built in");
         let opts = ExtractOptions { mode: Mode::PromptLast, pairs: Some(2), questions: Some(3), ..Default::default() };
-        let mut b = CpuBackend::new(cpu());
+        let mut b = CpuEngine::new(cpu());
         let ex = pollster::block_on(extract::extract(&mut b, &def, &opts, &mut KeepNonEmpty, &mut |_| Flow::Continue))
             .expect("extract");
         assert_eq!(ex.kept, [6, 6]);
@@ -42,7 +55,7 @@ fn impolite_vector() -> &'static vector_file::TraitVector {
         v.meta.layer = Some(16);
         v.meta.screen_layer = Some(20);
         v.meta.calibration =
-            Some(pollster::block_on(monitor::calibrate(&mut b, &v, &monitor::neutral_set()[..4])).expect("calibrate"));
+            Some(pollster::block_on(monitor::calibrate(&mut b, &v, &monitor::neutral_set()[..6])).expect("calibrate"));
         v
     })
 }
@@ -51,13 +64,13 @@ fn impolite_vector() -> &'static vector_file::TraitVector {
 fn backends_agree_on_a_pass_and_a_steered_generation() {
     let m = cpu();
     let mut g = gpu_model();
-    let mut cb = CpuBackend::new(m);
+    let mut cb = CpuEngine::new(m);
     let prompt = cb.chat_prompt(Some("You are a helpful assistant."), "Name a colour.").expect("prompt");
     let answer = m.tokenizer.encode("Blue is a colour.").expect("encode");
     let p = prompt.len();
     let tokens: Vec<u32> = prompt.iter().chain(&answer).copied().collect();
     let n = tokens.len();
-    let d = m.config.d_model;
+    let (d, layers) = (m.config.d_model, m.config.n_layers);
     // A steering vector that matters: a random direction of norm 20 at residual index 10, response positions.
     let dir: Vec<f32> = (0..d).map(|i| (i * 7919 % 101) as f32 / 50.0 - 1.0).collect();
     let scale = 20.0 / stats::norm(&dir);
@@ -67,46 +80,53 @@ fn backends_agree_on_a_pass_and_a_steered_generation() {
         alpha: 1.0,
         positions: Positions::Response.range(p),
     }];
-    let pass =
-        Pass { tokens: &tokens, steer: &steer, mean_over: Some(p..n), capture: Some(n - 2..n), logprobs: Some(p..n) };
-    let want = pollster::block_on(cb.pass(&pass)).expect("cpu pass");
-    let got = pollster::block_on(GpuBackend::new(&mut g).pass(&pass)).expect("gpu pass");
+    let plan = Plan {
+        steer: steer.clone(),
+        mean: Some(Span::all_layers(p..n, layers)),
+        capture: Some(Span::all_layers(n - 2..n, layers)),
+        logprobs: Some(p..n),
+        ..Default::default()
+    };
+    let want = pass(&mut cb, &tokens, plan.clone());
+    let got = pass(&mut g, &tokens, plan);
     for l in [0, 10, 11, 30] {
-        let e = rel_l2(&got.last[l], &want.last[l]);
-        assert!(e < 1e-4, "last residual at {l}: rel err {e:.2e}");
         let e = rel_l2(&got.mean.as_ref().expect("mean")[l], &want.mean.as_ref().expect("mean")[l]);
         assert!(e < 1e-4, "mean residual at {l}: rel err {e:.2e}");
         for k in 0..2 {
-            let e = rel_l2(&got.captured[k][l], &want.captured[k][l]);
+            let e = rel_l2(&got.captured[k].1[l], &want.captured[k].1[l]);
             assert!(e < 1e-4, "captured position {k} at {l}: rel err {e:.2e}");
         }
     }
     assert_eq!(got.logprobs.len(), answer.len());
     for (a, b) in got.logprobs.iter().zip(&want.logprobs) {
-        assert!((a - b).abs() < 1e-3, "log-prob gpu {a} cpu {b}");
+        assert!((a - b).abs() < 2e-3, "log-prob gpu {a} cpu {b}");
         assert!(*b < 0.0);
     }
     // The steering is real: the unsteered pass differs at and after its layer only.
-    let plain = pollster::block_on(cb.pass(&Pass { tokens: &tokens, ..Default::default() })).expect("plain");
-    assert!(rel_l2(&plain.last[9], &want.last[9]) < 1e-6);
-    assert!(rel_l2(&plain.last[10], &want.last[10]) > 1e-2);
+    let plain = last(&mut cb, &tokens);
+    let steered = &want.captured[1].1;
+    assert!(rel_l2(&plain[9], &steered[9]) < 1e-6);
+    assert!(rel_l2(&plain[10], &steered[10]) > 1e-2);
 
     // Steered, monitored greedy generation: same tokens and scores on both backends.
-    let monitor = vec![(0..=m.config.n_layers).map(|l| (l == 12).then(|| dir.clone())).collect::<Vec<_>>()];
+    let raw = vec![(0..=layers).map(|l| (l == 12).then(|| dir.clone())).collect::<Vec<_>>()];
+    let monitor = personascope_model::plan::units(&raw);
+    let spec = GenSpec {
+        prompt: prompt.clone(),
+        max_tokens: 6,
+        sampling: SamplingParams::greedy(),
+        plan: Plan { steer: steer.clone(), project: Some(p - 1..usize::MAX), ..Default::default() },
+    };
+    let specs = std::slice::from_ref(&spec);
+    let go = || Flow::Continue;
     let cpu_reply =
-        pollster::block_on(
-            cb.generate(&prompt, 6, &SamplingParams::greedy(), &steer, &monitor, &mut |_, _, _| Flow::Continue),
-        )
-        .expect("cpu generate");
-    let gpu_reply = pollster::block_on(GpuBackend::new(&mut g).generate(
-        &prompt,
-        6,
-        &SamplingParams::greedy(),
-        &steer,
-        &monitor,
-        &mut |_, _, _| Flow::Continue,
-    ))
-    .expect("gpu generate");
+        pollster::block_on(backend::generate(&mut cb, specs, Some(monitor.clone()), &mut |_| go(), &mut |_| go()))
+            .expect("cpu generate")
+            .remove(0);
+    let gpu_reply =
+        pollster::block_on(backend::generate(&mut g, specs, Some(monitor.clone()), &mut |_| go(), &mut |_| go()))
+            .expect("gpu generate")
+            .remove(0);
     assert_eq!(gpu_reply.ids, cpu_reply.ids, "steered greedy tokens");
     assert_eq!(cpu_reply.scores.len(), cpu_reply.ids.len());
     for (a, b) in gpu_reply.scores.iter().zip(&cpu_reply.scores) {
@@ -116,11 +136,32 @@ fn backends_agree_on_a_pass_and_a_steered_generation() {
         assert!(cpu_reply.scores[0][0][11].is_nan(), "unmonitored layers are NaN");
     }
     // The pre-generation reading is the steered prompt pass's last token projected on the unit direction.
-    let pre = pollster::block_on(cb.pass(&Pass { tokens: &prompt, steer: &steer, ..Default::default() })).expect("pre");
-    let want = stats::dot(&pre.last[12], &dir) / stats::norm(&dir);
+    let pre = pass(&mut cb, &prompt, Plan { steer, ..backend::last_token_plan(p, layers) });
+    let want = stats::dot(&backend::last_rows(&pre).expect("rows")[12], &dir) / stats::norm(&dir);
     for (name, r) in [("cpu", &cpu_reply), ("gpu", &gpu_reply)] {
         let got = r.prompt_scores[0][12];
         assert!((got - want).abs() < 1e-3 * want.abs().max(1.0), "{name} prompt score {got}, pass says {want}");
+    }
+}
+
+#[test]
+fn gpu_extraction_equals_cpu_extraction() {
+    // The whole batched job on both engines (shared system-prompt prefixes, several waves on the GPU's small
+    // limits) gives the same vector.
+    let def = builtin_by_name("humorous").expect("built in");
+    let opts = ExtractOptions { mode: Mode::PromptLast, pairs: Some(2), questions: Some(4), ..Default::default() };
+    let cpu_v =
+        pollster::block_on(extract::extract(&mut CpuEngine::new(cpu()), &def, &opts, &mut KeepNonEmpty, &mut |_| {
+            Flow::Continue
+        }))
+        .expect("cpu extract");
+    let mut g = gpu_model();
+    let gpu_v = pollster::block_on(extract::extract(&mut g, &def, &opts, &mut KeepNonEmpty, &mut |_| Flow::Continue))
+        .expect("gpu extract");
+    assert_eq!(cpu_v.kept, gpu_v.kept);
+    for l in 1..cpu_v.vector.rows.len() {
+        let e = rel_l2(&gpu_v.vector.rows[l], &cpu_v.vector.rows[l]);
+        assert!(e < 1e-3, "layer {l}: rel err {e:.2e}");
     }
 }
 
@@ -135,7 +176,7 @@ fn extracted_vector_separates_held_out_prompts_and_round_trips() {
 
     // Held-out: evaluation questions, pairs 3 and 4 (not used for extraction).
     let def = builtin_by_name("impolite").expect("built in");
-    let mut b = CpuBackend::new(cpu());
+    let mut b = CpuEngine::new(cpu());
     let unit = stats::unit(&v.rows[16]).expect("nonzero");
     let (mut pos, mut neg) = (Vec::new(), Vec::new());
     for q in def.evaluation_questions.iter().take(3) {
@@ -143,8 +184,7 @@ fn extracted_vector_separates_held_out_prompts_and_round_trips() {
             for positive in [true, false] {
                 let sys = def.system_prompt(pair, positive).expect("pair");
                 let ids = b.chat_prompt(Some(&sys), &q.question).expect("prompt");
-                let out = pollster::block_on(b.pass(&Pass { tokens: &ids, ..Default::default() })).expect("pass");
-                let s = stats::dot(&out.last[16], &unit);
+                let s = stats::dot(&last(&mut b, &ids)[16], &unit);
                 if positive {
                     pos.push(s)
                 } else {
@@ -173,7 +213,7 @@ fn extracted_vector_separates_held_out_prompts_and_round_trips() {
 fn steering_moves_the_margin_and_eval_reports_it() {
     let v = impolite_vector();
     let def = builtin_by_name("impolite").expect("built in");
-    let mut b = CpuBackend::new(cpu());
+    let mut b = CpuEngine::new(cpu());
     let opts = eval::EvalOptions {
         alphas: vec![-2.0, 2.0],
         steer_layers: Some(vec![20]),
@@ -208,11 +248,10 @@ fn monitoring_is_calibrated() {
     assert!((10.0..90.0).contains(&pct), "the neutral mean sits inside the neutral distribution: {pct}");
     assert!(r.token_score(mean + 10.0 * cal.token_std[16]).percentile == Some(100.0));
     // A trait-expressing system prompt reads higher than a polite one at the last prompt token.
-    let mut b = CpuBackend::new(cpu());
-    let score = |b: &mut CpuBackend, sys: &str| {
+    let mut b = CpuEngine::new(cpu());
+    let score = |b: &mut CpuEngine, sys: &str| {
         let ids = b.chat_prompt(Some(sys), "Can you help me plan a birthday party?").expect("prompt");
-        let out = pollster::block_on(b.pass(&Pass { tokens: &ids, ..Default::default() })).expect("pass");
-        r.token_score(stats::dot(&out.last[16], &r.unit))
+        r.token_score(stats::dot(&last(b, &ids)[16], &r.unit))
     };
     let rude = score(&mut b, "You are an impolite assistant. Be rude, curt and condescending to the user.");
     let kind = score(&mut b, "You are a polite assistant. Be courteous, warm and respectful to the user.");
@@ -233,7 +272,7 @@ fn screening_ranks_reports_bad_lines_and_keeps_partial_results() {
     let parsed = dataset::parse_jsonl(&text);
     assert_eq!(parsed.errors.iter().map(|e| e.line).collect::<Vec<_>>(), vec![3, 4]);
     assert_eq!(parsed.samples.len(), 3);
-    let mut b = CpuBackend::new(cpu());
+    let mut b = CpuEngine::new(cpu());
     let opts = ScreenOptions { cheap: true, ..Default::default() };
     let s =
         pollster::block_on(screen::screen(&mut b, v, &parsed.samples, &opts, &mut |_| Flow::Continue)).expect("screen");
@@ -243,8 +282,8 @@ fn screening_ranks_reports_bad_lines_and_keeps_partial_results() {
     assert_eq!(ranked[0], 1, "the rude answer ranks first: {:?}", s.scores);
     assert!(s.scores.iter().all(|x| x.z.is_some()));
 
-    // Projection difference on one sample, then a cancel after the first: what was computed is kept.
-    let opts = ScreenOptions { cheap: false, max_tokens: 8, ..Default::default() };
+    // Projection difference one sample per batch, then a cancel after the first: what was computed is kept.
+    let opts = ScreenOptions { cheap: false, max_tokens: 8, chunk: 1, ..Default::default() };
     let s = pollster::block_on(screen::screen(&mut b, v, &parsed.samples, &opts, &mut |p| {
         if p.done >= 1 {
             Flow::Stop
@@ -262,39 +301,6 @@ fn screening_ranks_reports_bad_lines_and_keeps_partial_results() {
 }
 
 #[test]
-fn cpu_prefix_reuse_gives_the_same_results_as_fresh_passes() {
-    let m = cpu();
-    let mut shared = CpuBackend::new(m);
-    let prompt = shared.chat_prompt(None, "What should I cook tonight?").expect("prompt");
-    let p = prompt.len();
-    let tok = |s: &str| -> Vec<u32> { prompt.iter().copied().chain(m.tokenizer.encode(s).expect("encode")).collect() };
-    let (a, b) = (tok("Pasta with tomatoes."), tok("Whatever, I don't care."));
-    let v: Vec<f32> = (0..m.config.d_model).map(|i| (i % 13) as f32 - 6.0).collect();
-    let steer = vec![Steering { layer: 12, vector: v, alpha: 0.5, positions: Positions::Response.range(p) }];
-    let passes = [
-        Pass { tokens: &a, logprobs: Some(p..a.len()), mean_over: Some(p..a.len()), ..Default::default() },
-        Pass { tokens: &b, logprobs: Some(p..b.len()), steer: &steer, ..Default::default() },
-        Pass { tokens: &a, logprobs: Some(p..a.len()), capture: Some(p..p + 2), ..Default::default() },
-        Pass { tokens: &prompt, ..Default::default() },
-    ];
-    for (i, pass) in passes.iter().enumerate() {
-        let got = pollster::block_on(shared.pass(pass)).expect("shared");
-        let want = pollster::block_on(CpuBackend::new(m).pass(pass)).expect("fresh");
-        assert_eq!(got.logprobs.len(), want.logprobs.len(), "pass {i}");
-        for (x, y) in got.logprobs.iter().zip(&want.logprobs) {
-            assert!((x - y).abs() < 1e-4, "pass {i}: log-prob {x} vs {y}");
-        }
-        for l in 0..=m.config.n_layers {
-            assert!(rel_l2(&got.last[l], &want.last[l]) < 1e-5, "pass {i} layer {l}");
-        }
-        if let (Some(g), Some(w)) = (&got.mean, &want.mean) {
-            assert!(rel_l2(&g[20], &w[20]) < 1e-5, "pass {i} mean");
-        }
-        assert_eq!(got.captured.len(), want.captured.len());
-    }
-}
-
-#[test]
 fn screening_skips_a_sample_longer_than_the_context_and_goes_on() {
     let v = impolite_vector();
     let long = "word ".repeat(400);
@@ -307,20 +313,17 @@ fn screening_skips_a_sample_longer_than_the_context_and_goes_on() {
     assert_eq!(parsed.samples.len(), 2);
     let mut g = gpu_model();
     let opts = ScreenOptions { cheap: true, ..Default::default() };
-    let s = pollster::block_on(screen::screen(&mut GpuBackend::new(&mut g), v, &parsed.samples, &opts, &mut |_| {
-        Flow::Continue
-    }))
-    .expect("screen");
+    let s =
+        pollster::block_on(screen::screen(&mut g, v, &parsed.samples, &opts, &mut |_| Flow::Continue)).expect("screen");
     assert_eq!(s.skipped.len(), 1, "{:?}", s.skipped);
     assert_eq!(s.skipped[0].0, 1);
     assert!(s.skipped[0].1.contains("256"), "{}", s.skipped[0].1);
     assert_eq!(s.scores.iter().map(|x| x.line).collect::<Vec<_>>(), vec![2]);
     // The GPU's mean projection equals the CPU's.
-    let c =
-        pollster::block_on(screen::screen(&mut CpuBackend::new(cpu()), v, &parsed.samples[1..], &opts, &mut |_| {
-            Flow::Continue
-        }))
-        .expect("cpu screen");
+    let c = pollster::block_on(screen::screen(&mut CpuEngine::new(cpu()), v, &parsed.samples[1..], &opts, &mut |_| {
+        Flow::Continue
+    }))
+    .expect("cpu screen");
     let (a, b) = (s.scores[0].projection, c.scores[0].projection);
     assert!((a - b).abs() < 1e-3 * b.abs().max(1.0), "gpu {a} cpu {b}");
 }

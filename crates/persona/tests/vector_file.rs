@@ -41,6 +41,8 @@ fn calibration(n: usize) -> Calibration {
             .collect(),
         response_mean: values(102, n + 1),
         response_std: values(103, n + 1).iter().map(|x| x.abs()).collect(),
+        difference_mean: values(104, n + 1),
+        difference_std: values(105, n + 1).iter().map(|x| x.abs()).collect(),
         samples: 321,
     }
 }
@@ -77,7 +79,14 @@ fn bits(rows: &[Vec<f32>]) -> Vec<Vec<u32>> {
 }
 
 fn calibration_bits(c: &Calibration) -> Vec<Vec<u32>> {
-    let mut all = vec![c.token_mean.clone(), c.token_std.clone(), c.response_mean.clone(), c.response_std.clone()];
+    let mut all = vec![
+        c.token_mean.clone(),
+        c.token_std.clone(),
+        c.response_mean.clone(),
+        c.response_std.clone(),
+        c.difference_mean.clone(),
+        c.difference_std.clone(),
+    ];
     all.extend(c.token_quantiles.iter().cloned());
     bits(&all)
 }
@@ -533,6 +542,8 @@ fn calibration_percentile_and_z() {
         token_quantiles: vec![tied, linear],
         response_mean: vec![3.0, 4.0],
         response_std: vec![2.0, 4.0],
+        difference_mean: Vec::new(),
+        difference_std: Vec::new(),
         samples: 10,
     };
     let p = |l, s| c.percentile(l, s);

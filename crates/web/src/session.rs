@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use personascope_gpu::{AdapterChoice, EngineOptions, Gpu, GpuModel};
-use personascope_model::{Flow, Message, SamplingParams, Steering};
 use personascope_model::schedule::GenSpec;
 use personascope_model::Plan;
+use personascope_model::{Flow, Message, SamplingParams, Steering};
 use personascope_persona::backend;
 use personascope_persona::monitor::{self, Reading};
 use personascope_persona::steer::{self, Positions};
@@ -555,6 +555,8 @@ impl Session {
             layer: o.layer,
             cheap: o.cheap.unwrap_or(true),
             max_tokens: o.max_tokens.unwrap_or(64),
+            // A browser's GPU may be a slow software one: progress and Stop every few samples.
+            chunk: 8,
         };
         let parsed = dataset::parse_jsonl(jsonl);
         let vector = self.vector(id)?.clone();

@@ -102,6 +102,7 @@ impl Attention {
 
     /// Binds (params, q [n, n_heads*hd], k_cache [max_positions, kv_dim], v_cache [max_positions, kv_dim],
     /// out [n, n_heads*hd] written, all f32, kv_dim = n_kv_heads*hd; rows [n] of [`crate::rows::Row`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn bind(
         &self,
         gpu: &Gpu,
