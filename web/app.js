@@ -823,12 +823,14 @@ async function runExtraction(e) {
       questions: optionalInt('extract-questions'),
       rollouts: optionalInt('extract-rollouts'),
       max_tokens: optionalInt('extract-max-tokens'),
+      calibration_items: optionalInt('extract-neutral'),
     });
     evalOptions = clean({
       questions: optionalInt('eval-questions'),
       pairs: optionalInt('eval-pairs'),
       layers: numberList('eval-layers'),
       alphas: numberList('eval-alphas'),
+      neutral_items: optionalInt('extract-neutral'),
     });
   } catch (err) {
     return reportError('Definition', err, status);
@@ -852,6 +854,8 @@ async function runExtraction(e) {
       vector = (await state.ps.vectors()).find((v) => v.id === vector.id) ?? vector;
     }
     state.extracted = { vector, report };
+    // For embedders' and the browser test's inspection: the latest evaluation report.
+    window.personascopeLastReport = report;
     await vectorAdded(vector);
     renderExtraction(vector, report);
     bar.value = 1;
@@ -1002,6 +1006,18 @@ function renderScreen() {
   renderScreenTable();
 }
 
+/** The share of a standard normal above `z` (Simpson's rule over the density; the expected false-positive rate
+ *  of a threshold when neutral scores are normal). */
+function normalTail(z) {
+  if (!Number.isFinite(z)) return z > 0 ? 0 : 1;
+  const a = Math.abs(z), steps = 4000, h = 12 / steps;
+  const pdf = (x) => Math.exp(-0.5 * x * x) / Math.sqrt(2 * Math.PI);
+  let sum = pdf(a) + pdf(a + 12);
+  for (let i = 1; i < steps; i++) sum += pdf(a + i * h) * (i % 2 ? 4 : 2);
+  const upper = (sum * h) / 3;
+  return z >= 0 ? upper : 1 - upper;
+}
+
 function flagged() {
   const t = Number($('screen-threshold').value);
   return new Set(state.screen.result.samples.filter((s) => s.score >= t).map((s) => s.line));
@@ -1010,7 +1026,12 @@ function flagged() {
 function renderScreenTable() {
   const { result, sort } = state.screen;
   const flags = flagged();
-  $('screen-count').textContent = `${flags.size} of ${result.samples.length} samples flagged`;
+  const nul = result.null;
+  const fpr = nul ? normalTail((Number($('screen-threshold').value) - nul.mean) / nul.std) : null;
+  $('screen-count').textContent = `${flags.size} of ${result.samples.length} samples flagged` +
+    (fpr === null
+      ? ' (the vector has no calibration: no false-positive estimate)'
+      : `; about ${fmt(100 * fpr, 1)}% of neutral samples would be (expected false positives, normal approximation over ${nul.samples} ${nul.of})`);
   histogram($('screen-histogram'), result.samples.map((s) => s.score), Number($('screen-threshold').value));
   const table = $('screen-table');
   table.tHead.rows[0].replaceChildren(

@@ -161,6 +161,8 @@ export interface ExtractOptions {
   questions?: number;
   seed?: number;
   temperature?: number;
+  /** Neutral items the vector is calibrated on (default all 64; fewer is faster and coarser). */
+  calibration_items?: number;
   signal?: AbortSignal;
 }
 
@@ -170,6 +172,8 @@ export interface EvaluateOptions {
   layers?: number[];
   pairs?: number;
   questions?: number;
+  /** Neutral items for the perplexity cost (default all 64). */
+  neutral_items?: number;
   signal?: AbortSignal;
 }
 
@@ -220,6 +224,9 @@ export interface ScreenResult {
   /** Valid samples the engine could not screen, e.g. longer than the model's context (when reported). */
   skipped?: { line: number; message: string }[];
   samples: ScreenedSample[];
+  /** What a neutral sample scores at this layer (from the vector's calibration; null without one): z is
+   *  (score - mean) / std. `of` says which neutral scores: written answers (cheap) or written minus own. */
+  null: { mean: number; std: number; samples: number; of: string } | null;
 }
 
 export interface WebGPUCheck {

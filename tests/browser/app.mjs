@@ -5,7 +5,8 @@
 //
 //   node app.mjs <base url> <fixtures dir> <artifacts dir>
 //
-// fixtures: messages.json, impolite.gguf (a vector with a recommended layer), expected-chat.json (generate
+// fixtures: messages.json, impolite.gguf (a vector with a recommended layer), page-extract.json and page-eval.json
+// (the native extract --json / eval --json at the settings the extraction test types in), expected-chat.json (generate
 // --monitor), expected-steer.json (generate --steer V:L:ALPHA --monitor), steer.json ({layer, alpha}),
 // screen.jsonl, expected-screen.json (screen --json) and screen-out.jsonl, eval-report.json (eval --json),
 // not-a-model.txt, broken.gguf.
@@ -497,34 +498,67 @@ try {
     await page.selectOption('#extract-mode', 'prompt-last');
     await page.fill('#extract-pairs', '1');
     await page.fill('#extract-questions', '4');
-    // A real extraction on SwiftShader, cancelled after its first sample: calibrating on the neutral set feeds
-    // hundreds of tokens one at a time, which would take a quarter of an hour here.
+    // A first run of the typed-in trait, cancelled once it reports progress.
     await page.click('[data-testid="extract-run"]');
-    await page.waitForFunction(() => /^extract: [1-9]\d* of \d+/.test(document.querySelector('#extract-status').textContent), null, { timeout: REPLY_TIMEOUT, polling: 250 });
+    await page.waitForFunction(() => /^extract: \d+ of \d+/.test(document.querySelector('#extract-status').textContent), null, { timeout: REPLY_TIMEOUT, polling: 250 });
     const progress = await page.textContent('#extract-status');
     await screenshot('extract-running');
     await page.click('#extract-cancel');
     await page.waitForFunction(() => /cancelled/.test(document.querySelector('#extract-status').textContent), null, { timeout: REPLY_TIMEOUT });
     console.log(`  progress "${progress}", then "${await page.textContent('#extract-status')}"`);
     check(await page.locator('[data-testid="extract-run"]').isEnabled(), 'Extract stays disabled after the cancel');
-    // The result view, with the engine's two slow calls answered by the native run's own results (the fixture
-    // vector and its eval report): the chart, the recommendation and Save.
-    const vectorBytes = [...readFileSync(fixture('impolite.gguf'))];
-    const report = json('eval-report.json');
-    await page.evaluate(({ bytes, report }) => {
-      const ps = window.personascope;
-      ps.extract = async (trait, options, onProgress) => {
-        onProgress?.({ stage: 'extract', done: 4, total: 4 });
-        return ps.importVector(new Uint8Array(bytes), 'impolite.gguf');
-      };
-      ps.evaluate = async (trait, id, options, onProgress) => {
-        onProgress?.({ stage: 'steering', done: 1, total: 1 });
-        return report;
-      };
-    }, { bytes: vectorBytes, report });
+  }, ['the next visit loads the model from the browser cache']);
+
+  await test('extract and evaluate a built-in trait to the end, as the native CLI does', async () => {
+    // The whole job in the page on SwiftShader: extraction, calibration, then the evaluation (separation on
+    // held-out questions, reference answers, steering sweep, perplexity), at small settings; the vector and the
+    // report must be the native CLI's at the same settings (tests/browser/run.sh).
+    await tab('extract');
+    await page.selectOption('#extract-trait', 'impolite');
+    await page.selectOption('#extract-mode', 'prompt-last');
+    await page.fill('#extract-pairs', '1');
+    await page.fill('#extract-questions', '4');
+    await page.fill('#extract-neutral', '2');
+    await page.check('#extract-evaluate');
+    await page.fill('#eval-questions', '2');
+    await page.fill('#eval-pairs', '1');
+    await page.fill('#eval-layers', '20');
+    await page.fill('#eval-alphas', '2');
+    const started = Date.now();
     await page.click('[data-testid="extract-run"]');
+    await page.waitForFunction(() => /^done: /.test(document.querySelector('#extract-status').textContent) || document.querySelector('#extract-status').classList.contains('error'), null, { timeout: 4 * REPLY_TIMEOUT, polling: 500 });
+    const status = await page.textContent('#extract-status');
+    check(/^done: /.test(status), `the extraction ended with "${status}"`);
+    figures.extractEvaluateSeconds = (Date.now() - started) / 1000;
+    console.log(`  ${status} (${figures.extractEvaluateSeconds.toFixed(0)} s)`);
     await page.waitForSelector('#extract-result:not([hidden])', { timeout: 30_000 });
-    await page.evaluate(() => { delete window.personascope.extract; delete window.personascope.evaluate; });
+    const native = json('page-extract.json');
+    const nativeReport = json('page-eval.json');
+    const [vector, report] = await page.evaluate(async () => {
+      const ps = window.personascope;
+      const vs = await ps.vectors();
+      return [vs[vs.length - 1], window.personascopeLastReport ?? null];
+    });
+    check(vector.counts[0] === native.kept[0] && vector.counts[1] === native.kept[1], `counts ${vector.counts} vs native ${native.kept}`);
+    let worst = 0;
+    for (let l = 1; l < native.norms.length; l++) {
+      const e = Math.abs(vector.norms[l] - native.norms[l]) / Math.max(native.norms[l], 1e-6);
+      worst = Math.max(worst, e);
+      check(e < 1e-3, `layer ${l}: vector norm ${vector.norms[l]} vs native ${native.norms[l]}`);
+    }
+    console.log(`  vector norms equal the native CLI's (largest relative difference ${worst.toExponential(1)})`);
+    check(report !== null, 'the page kept no evaluation report');
+    for (const [i, l] of nativeReport.layers.entries()) {
+      const g = report.layers[i];
+      if (l.effect_size !== null) {
+        check(Math.abs(g.effect_size - l.effect_size) <= 1e-2 * Math.max(1, Math.abs(l.effect_size)), `layer ${l.layer}: effect size ${g.effect_size} vs native ${l.effect_size}`);
+        check(g.auroc === l.auroc, `layer ${l.layer}: AUROC ${g.auroc} vs native ${l.auroc}`);
+      }
+    }
+    const [gs, ns] = [report.steering[0], nativeReport.steering[0]];
+    check(gs.layer === ns.layer && Math.abs(gs.margin_change - ns.margin_change) < 5e-3, `steering row ${JSON.stringify(gs)} vs native ${JSON.stringify(ns)}`);
+    check(Math.abs(report.baseline_perplexity / nativeReport.baseline_perplexity - 1) < 1e-3, `perplexity ${report.baseline_perplexity} vs native ${nativeReport.baseline_perplexity}`);
+    check(report.recommended.screen_layer === nativeReport.recommended.screen_layer, `screening layer ${report.recommended.screen_layer} vs native ${nativeReport.recommended.screen_layer}`);
     const bars = await page.locator('[data-testid="layer-chart"] rect').count();
     const expectedBars = report.layers.filter((l) => l.effect_size !== null).length;
     check(bars === expectedBars, `${bars} bars in the layer chart, ${expectedBars} expected`);

@@ -69,6 +69,12 @@ else
   "$ps" generate --model "$model" --messages "$fx/messages.json" --max-tokens "$MAX_TOKENS" --greedy --json \
     --monitor "$fx/impolite.gguf" --steer "$fx/impolite.gguf:$steer_layer:$steer_alpha" >"$fx/expected-steer.json"
   echo "{\"layer\": $steer_layer, \"alpha\": $steer_alpha}" >"$fx/steer.json"
+  # The page's own extraction and evaluation, at the settings the browser test types in: 1 pair, 4 extraction
+  # questions, 2 neutral items, then 2 evaluation questions, steering layer 20, alpha 2.
+  "$ps" extract --model "$model" --trait impolite --mode prompt-last --questions 4 --pairs 1 --calibration-items 2 \
+    --out "$fx/page-extract.gguf" --json >"$fx/page-extract.json"
+  "$ps" eval --model "$model" --trait impolite --vector "$fx/page-extract.gguf" --questions 2 --pairs 1 \
+    --layers 20 --alphas 2 --neutral-items 2 --json >"$fx/page-eval.json"
   cp "$here/fixtures/screen.jsonl" "$fx/"
   "$ps" screen --model "$model" --vector "$fx/impolite.gguf" --data "$fx/screen.jsonl" --cheap --json \
     --out "$fx/screen-out.jsonl" >"$fx/expected-screen.json" 2>/dev/null

@@ -239,6 +239,9 @@ pub struct EvalArgs {
     /// Largest perplexity cost (percent) for the recommended setting.
     #[arg(long, default_value_t = 25.0)]
     pub max_ppl_cost: f32,
+    /// Neutral items whose answers measure the perplexity cost (default: all).
+    #[arg(long)]
+    pub neutral_items: Option<usize>,
     /// Write the recommended layer, alpha and screening layer into the vector file.
     #[arg(long)]
     pub save: bool,
@@ -281,7 +284,8 @@ pub fn run_eval(a: EvalArgs) -> CliResult<()> {
             Flow::Continue
         }
     };
-    let neutral = monitor::neutral_set();
+    let mut neutral = monitor::neutral_set();
+    neutral.truncate(a.neutral_items.unwrap_or(neutral.len()).max(1));
     let report = with_backend!(&mut loaded, |b| pollster::block_on(eval::evaluate(
         &mut b,
         &def,
@@ -480,16 +484,11 @@ pub fn run_screen(a: ScreenArgs) -> CliResult<()> {
         write_file(p, &dataset::csv_report(&header, &rows))?;
     }
     // What the flag threshold means: the share of neutral samples expected above it.
-    let calibrated = vector.meta.calibration.is_some();
     let threshold_json = match a.score_threshold {
-        Some(t) => json!({ "score": t }),
-        None => json!({
-            "z": a.threshold,
-            "calibrated": calibrated,
-            "expected_false_positive_rate": calibrated.then(|| monitor::normal_tail(a.threshold)),
-            "null": if a.cheap { "written neutral answers" } else { "written minus own neutral answers" },
-            "calibration_samples": vector.meta.calibration.as_ref().map(|c| c.samples),
-        }),
+        Some(t) => json!({ "score": t, "expected_false_positive_rate": result.null.map(|n| n.false_positive_rate(t)) }),
+        None => {
+            json!({ "z": a.threshold, "expected_false_positive_rate": result.null.map(|_| monitor::normal_tail(a.threshold)) })
+        }
     };
     let report = json!({
         "data": a.data.display().to_string(),
@@ -503,6 +502,7 @@ pub fn run_screen(a: ScreenArgs) -> CliResult<()> {
         "cancelled": result.cancelled,
         "top": ranked.iter().take(5).map(|s| json!({"line": s.line, "score": s.score, "z": s.z})).collect::<Vec<_>>(),
         "threshold": threshold_json,
+        "null": result.null,
         "seconds": start.elapsed().as_secs_f64(),
     });
     if a.json {

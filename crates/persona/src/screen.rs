@@ -58,6 +58,43 @@ pub struct Screening {
     /// Samples that could not be screened (line, reason), e.g. longer than the model's context.
     pub skipped: Vec<(usize, String)>,
     pub cancelled: bool,
+    /// What a neutral sample scores (from the vector's calibration), which `z` is measured against.
+    pub null: Option<Null>,
+}
+
+/// The distribution of a neutral sample's score at the screening layer.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Null {
+    pub mean: f32,
+    pub std: f32,
+    /// Neutral items it was measured on.
+    pub samples: u32,
+    /// Which neutral scores: "written neutral answers" (cheap) or "written minus own neutral answers".
+    pub of: &'static str,
+}
+
+impl Null {
+    /// The share of neutral samples expected to score at least `score` (normal approximation).
+    pub fn false_positive_rate(&self, score: f32) -> f32 {
+        crate::monitor::normal_tail((score - self.mean) / self.std)
+    }
+}
+
+/// The null of the chosen method at `layer`, when the vector is calibrated. Cheap scores are read against the
+/// written neutral answers; differences against written minus own answers (older calibrations without those
+/// statistics fall back to zero and the spread of the neutral answer means).
+pub fn null_of(vector: &TraitVector, layer: usize, cheap: bool) -> Option<Null> {
+    let cal = vector.meta.calibration.as_ref()?;
+    let ok = |s: f32| s > 0.0 && s.is_finite();
+    let (mean, std, of) = if cheap {
+        (*cal.response_mean.get(layer)?, *cal.response_std.get(layer)?, "written neutral answers")
+    } else {
+        match (cal.difference_mean.get(layer), cal.difference_std.get(layer)) {
+            (Some(&m), Some(&s)) if ok(s) => (m, s, "written minus own neutral answers"),
+            _ => (0.0, *cal.response_std.get(layer)?, "written neutral answers (spread only)"),
+        }
+    };
+    ok(std).then_some(Null { mean, std, samples: cal.samples, of })
 }
 
 impl Screening {
@@ -111,20 +148,8 @@ pub async fn screen<B: Backend>(
         .ok_or_else(|| PersonaError::Input(format!("layer {layer} out of range (0..={})", c.n_layers)))?;
     let unit = stats::unit(row)
         .ok_or_else(|| PersonaError::Input(format!("the vector is zero at layer {layer}; pick another layer")))?;
-    let cal = vector.meta.calibration.as_ref();
-    let z_of = |score: f32| -> Option<f32> {
-        let cal = cal?;
-        if opts.cheap {
-            cal.response_z(layer, score)
-        } else {
-            // Differences are centred on the model's own answer; older calibrations have no difference statistics
-            // and fall back to the spread of neutral answer means.
-            cal.difference_z(layer, score).or_else(|| {
-                let s = *cal.response_std.get(layer)?;
-                (s > 0.0 && s.is_finite()).then(|| score / s)
-            })
-        }
-    };
+    let null = null_of(vector, layer, opts.cheap);
+    let z_of = |score: f32| -> Option<f32> { null.map(|n| (score - n.mean) / n.std) };
     let monitor =
         personascope_model::plan::units(&[(0..=c.n_layers).map(|l| (l == layer).then(|| row.clone())).collect()]);
     let max = backend.max_positions();
@@ -237,5 +262,6 @@ pub async fn screen<B: Backend>(
         scores,
         skipped,
         cancelled,
+        null,
     })
 }

@@ -610,6 +610,7 @@ impl Session {
         let out = json!({
             "layer": result.layer,
             "method": result.method,
+            "null": result.null,
             "cancelled": result.cancelled,
             "dataset_score": result.dataset_score(),
             "errors": errors,
