@@ -559,8 +559,21 @@ mod tests {
         check(ty, &w, rows, cols, &x, &old, "matmul_reference");
     }
 
-    /// Microbenchmark, old path against new, on the SmolLM2-135M FFN shapes:
+    /// CPU time of this process (all threads) in seconds, from /proc/self/stat (Linux; clock ticks of 10 ms, the
+    /// usual USER_HZ). None elsewhere.
+    fn cpu_seconds() -> Option<f64> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let mut f = stat.get(stat.rfind(')')? + 2..)?.split_whitespace();
+        // Fields after the command name start at 3 (state); utime and stime are fields 14 and 15.
+        let utime: f64 = f.nth(11)?.parse().ok()?;
+        let stime: f64 = f.next()?.parse().ok()?;
+        Some((utime + stime) / 100.0)
+    }
+
+    /// Microbenchmark, old path against every kernel, on the SmolLM2-135M FFN shapes:
     /// `cargo test --release -p personascope-model gemm_microbench -- --ignored --nocapture`.
+    /// Wall: best of five rounds of ~0.2 s (GFLOP/s of the whole call, all threads). CPU: flops per CPU-second over
+    /// all rounds (per core), which other processes on the machine disturb less than wall time.
     #[test]
     #[ignore = "timing, not a check"]
     fn gemm_microbench() {
@@ -569,14 +582,25 @@ mod tests {
         for (rows, cols) in [(576, 1536), (1536, 576)] {
             let file = random_rows(&mut rng, ty, rows, cols);
             let m = QMatrix { ty, rows, cols, bytes: 0..file.len(), row_bytes: file.len() / rows };
+            // Dequantizing alone, single-threaded: the part of the work that does not shrink as n grows.
+            let mut w = vec![0f32; cols];
+            let reps = 20;
+            let t0 = std::time::Instant::now();
+            for _ in 0..reps {
+                for r in 0..rows {
+                    dequantize(ty, m.row(&file, r), &mut w).expect("valid row");
+                }
+            }
+            let ns = t0.elapsed().as_secs_f64() * 1e9 / (reps * rows * cols) as f64;
+            println!("{rows}x{cols} Q4_1: dequantize {ns:.2} ns/element (one thread)");
             for n in [16, 64, 256] {
                 let x = random_x(&mut rng, n * cols);
                 let mut out = vec![0f32; n * rows];
                 let flop = 2.0 * (rows * cols * n) as f64;
-                // Best of several rounds of enough calls for ~0.2 s, so one disturbed call does not count.
-                let mut time = |f: &mut dyn FnMut(&mut [f32])| -> f64 {
+                let mut time = |f: &mut dyn FnMut(&mut [f32])| -> (f64, f64) {
                     let reps = (2e9 / flop).ceil() as usize;
                     let mut best = f64::MAX;
+                    let c0 = cpu_seconds().unwrap_or(0.0);
                     for _ in 0..5 {
                         let t0 = std::time::Instant::now();
                         for _ in 0..reps {
@@ -584,15 +608,18 @@ mod tests {
                         }
                         best = best.min(t0.elapsed().as_secs_f64() / reps as f64);
                     }
-                    flop / best / 1e9
+                    let cpu = cpu_seconds().unwrap_or(f64::NAN) - c0;
+                    (flop / best / 1e9, 5.0 * reps as f64 * flop / cpu / 1e9)
                 };
-                let old = time(&mut |o| m.matmul_reference(&file, &x, o));
-                let mut line = format!("{rows}x{cols} Q4_1 n={n:3}: old {old:6.1}");
+                let (old, old_cpu) = time(&mut |o| m.matmul_reference(&file, &x, o));
+                let mut wall = format!("{rows}x{cols} Q4_1 n={n:3} wall: old {old:6.1}");
+                let mut cpu = format!("{rows}x{cols} Q4_1 n={n:3} cpu:  old {old_cpu:6.1}");
                 for k in Kernel::available() {
-                    let g = time(&mut |o| matmul(k, ty, rows, cols, |r| m.row(&file, r), &x, o));
-                    line += &format!(", {:?} {g:6.1} ({:.1}x)", k.0, g / old);
+                    let (g, g_cpu) = time(&mut |o| matmul(k, ty, rows, cols, |r| m.row(&file, r), &x, o));
+                    wall += &format!(", {:?} {g:6.1} ({:.1}x)", k.0, g / old);
+                    cpu += &format!(", {:?} {g_cpu:6.1} ({:.1}x)", k.0, g_cpu / old_cpu);
                 }
-                println!("{line} GFLOP/s");
+                println!("{wall} GFLOP/s\n{cpu} GFLOP/s per core");
             }
         }
     }
