@@ -20,20 +20,9 @@ struct Params {
     _pad2: u32,
 }
 
-struct Row {
-    // Absolute position of the row's token in its sequence.
-    pos: u32,
-    seq: u32,
-    // Cache row its key and value were written to.
-    kv_row: u32,
-    // Cache row of the sequence's position prefix_len.
-    own_base: u32,
-    // Cache row of the prefix's position 0, and how many positions come from it.
-    prefix_base: u32,
-    prefix_len: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
+// One row of a ragged batch: the engine's row table (crates/gpu/src/rows.rs), key j at prefix_base + j below
+// prefix_len and at own_base + (j - prefix_len) above.
+${ROW}
 
 fn key_row(r: Row, j: u32) -> u32 {
     if (j < r.prefix_len) {

@@ -27,17 +27,9 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> v_cache: array<f32>; // [max_positions, n_kv_heads * head_dim]
 @group(0) @binding(7) var<storage, read> rows: array<Row>;          // [n]
 
-// One row of a ragged batch (the engine's row table; see attention.wgsl for the key layout).
-struct Row {
-    pos: u32,
-    seq: u32,
-    kv_row: u32,
-    own_base: u32,
-    prefix_base: u32,
-    prefix_len: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
+// One row of a ragged batch: the engine's row table (crates/gpu/src/rows.rs), key j at prefix_base + j below
+// prefix_len and at own_base + (j - prefix_len) above.
+${ROW}
 
 // 2*pi split so that n * TWO_PI_A and n * TWO_PI_B are exact in f32 for |n| < 2^16 (angles up to about 4e5):
 // Cody-Waite reduction keeps sin/cos accurate at large positions, where the built-ins of some GPUs lose digits.

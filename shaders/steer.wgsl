@@ -25,16 +25,9 @@ struct Entry {
     _pad2: u32,
 }
 
-struct Row {
-    pos: u32,
-    seq: u32,
-    kv_row: u32,
-    own_base: u32,
-    prefix_base: u32,
-    prefix_len: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
+// One row of a ragged batch: the engine's row table (crates/gpu/src/rows.rs), key j at prefix_base + j below
+// prefix_len and at own_base + (j - prefix_len) above.
+${ROW}
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> x: array<f32>;

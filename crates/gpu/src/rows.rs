@@ -21,6 +21,10 @@ pub struct Row {
     pub _pad: [u32; 2],
 }
 
+/// The WGSL of [`Row`], given to every shader that reads the row table as the `ROW` define (WGSL has no includes).
+pub const ROW_WGSL: &str = "struct Row { pos: u32, seq: u32, kv_row: u32, own_base: u32, prefix_base: u32, \
+     prefix_len: u32, _pad0: u32, _pad1: u32, }";
+
 impl Row {
     /// Cache row of key `j` (`j <= pos`).
     pub fn key_row(&self, j: u32) -> u32 {

@@ -182,7 +182,7 @@ fn steer_matches_twin_and_plan_hook() {
 #[test]
 fn gather_copies_listed_rows_to_their_offsets() {
     let gpu = gpu();
-    let k = pollster::block_on(Gather::new(gpu)).expect("compile gather");
+    let k = pollster::block_on(Gather::gather(gpu)).expect("compile gather");
     let layout = Layout { layers: 4, chunks: 2 };
     for (d, seed) in [(576usize, 60u64), (96, 61), (33, 62)] {
         let rows = 9usize;
@@ -247,7 +247,7 @@ fn gather_copies_listed_rows_to_their_offsets() {
 #[test]
 fn accumulate_sums_runs_over_two_calls_bit_identical_to_twin() {
     let gpu = gpu();
-    let k = pollster::block_on(Accumulate::new(gpu)).expect("compile accumulate");
+    let k = pollster::block_on(Accumulate::accumulate(gpu)).expect("compile accumulate");
     let layout = Layout { layers: 6, chunks: 1 };
     for (d, seed) in [(576usize, 90u64), (96, 91), (33, 92)] {
         let d32 = d as u32;

@@ -67,7 +67,11 @@ fn max_head_dim() -> u32 {
 }
 
 fn defines(dims_per_thread: u32) -> Defines {
-    Defines::from([("WG", WORKGROUP.to_string()), ("DPT", dims_per_thread.to_string())])
+    Defines::from([
+        ("WG", WORKGROUP.to_string()),
+        ("DPT", dims_per_thread.to_string()),
+        ("ROW", crate::rows::ROW_WGSL.to_string()),
+    ])
 }
 
 pub fn variants() -> Vec<Defines> {

@@ -18,7 +18,7 @@ pub struct Params {
     pub _pad: [u32; 2],
 }
 
-fn defines() -> Defines {
+pub(crate) fn defines() -> Defines {
     Defines::from([("WG", WORKGROUP.to_string())])
 }
 
@@ -26,20 +26,30 @@ pub fn variants() -> Vec<Defines> {
     vec![defines()]
 }
 
-pub struct Gather {
+/// A kernel that walks one list of the lists buffer over rows of width `d`: the gather (this module) and the running
+/// sums ([`super::accumulate`]) share this shape of uniform, binding and dispatch.
+pub struct ListKernel {
     pub kernel: Kernel,
 }
 
-impl Gather {
-    pub async fn new(gpu: &Gpu) -> Result<Self> {
-        Ok(Gather { kernel: Kernel::new(gpu, "gather", &defines(), "main").await? })
+pub type Gather = ListKernel;
+
+impl ListKernel {
+    /// The row gather (`gather.wgsl`).
+    pub async fn gather(gpu: &Gpu) -> Result<Self> {
+        Ok(ListKernel { kernel: Kernel::new(gpu, "gather", &defines(), "main").await? })
+    }
+
+    /// The running sums (`accumulate.wgsl`).
+    pub async fn accumulate(gpu: &Gpu) -> Result<Self> {
+        Ok(ListKernel { kernel: Kernel::new(gpu, "accumulate", &defines(), "main").await? })
     }
 
     pub fn params(gpu: &Gpu, p: &Params) -> wgpu::Buffer {
-        uniform(gpu, "gather params", p)
+        uniform(gpu, "list kernel params", p)
     }
 
-    /// Binds (params, src f32 [rows, d], dst f32 rw, lists u32).
+    /// Binds (params, src f32 [rows, d], dst f32 rw (the gather's copies, or the sums), lists u32).
     pub fn bind(
         &self,
         gpu: &Gpu,

@@ -76,7 +76,7 @@ impl Params {
 }
 
 pub fn variants() -> Vec<Defines> {
-    vec![Defines::from([("WG", WORKGROUP.to_string())])]
+    vec![Defines::from([("WG", WORKGROUP.to_string()), ("ROW", crate::rows::ROW_WGSL.to_string())])]
 }
 
 pub struct Rope {

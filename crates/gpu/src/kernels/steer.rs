@@ -88,7 +88,7 @@ pub fn pack<'a>(steering: impl IntoIterator<Item = (usize, &'a Steering)>, d: us
 }
 
 fn defines() -> Defines {
-    Defines::from([("WG", WORKGROUP.to_string())])
+    Defines::from([("WG", WORKGROUP.to_string()), ("ROW", crate::rows::ROW_WGSL.to_string())])
 }
 
 pub fn variants() -> Vec<Defines> {
