@@ -195,7 +195,7 @@ export interface ScreenOptions {
   layer?: number;
   /** true (default): the response's projection alone; false: minus the model's own greedy answer's. */
   cheap?: boolean;
-  /** Length of the model's own answers when cheap is false (default 64). */
+  /** Length of the model's own answers when cheap is false (default 48, the length of the calibration's own answers). */
   max_tokens?: number;
   signal?: AbortSignal;
 }

@@ -364,8 +364,9 @@ pub struct ScreenArgs {
     /// Residual index read (default: the vector file's screening layer).
     #[arg(long)]
     pub layer: Option<usize>,
-    /// Longest own answer generated per sample (projection difference).
-    #[arg(long, default_value_t = 64)]
+    /// Longest own answer generated per sample (projection difference; the default matches the calibration's
+    /// own answers, which the z-scores are measured against).
+    #[arg(long, default_value_t = monitor::CALIBRATION_TOKENS)]
     pub max_tokens: usize,
     /// Flag samples whose calibrated score (z) is at least this.
     #[arg(long, default_value_t = 2.0, allow_negative_numbers = true)]

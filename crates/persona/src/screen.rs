@@ -20,7 +20,8 @@ pub struct ScreenOptions {
     /// Residual index read; None: the vector's screening layer, else its recommended layer.
     pub layer: Option<usize>,
     pub cheap: bool,
-    /// Longest own response generated per sample (projection difference).
+    /// Longest own response generated per sample (projection difference). The default is the length of the
+    /// calibration's own answers, so that a score is read against a null measured the same way.
     pub max_tokens: usize,
     /// Samples per batch job: progress and cancellation come after each.
     pub chunk: usize,
@@ -28,7 +29,7 @@ pub struct ScreenOptions {
 
 impl Default for ScreenOptions {
     fn default() -> Self {
-        ScreenOptions { layer: None, cheap: false, max_tokens: 64, chunk: 32 }
+        ScreenOptions { layer: None, cheap: false, max_tokens: crate::monitor::CALIBRATION_TOKENS, chunk: 32 }
     }
 }
 

@@ -554,7 +554,7 @@ impl Session {
         let opts = screen::ScreenOptions {
             layer: o.layer,
             cheap: o.cheap.unwrap_or(true),
-            max_tokens: o.max_tokens.unwrap_or(64),
+            max_tokens: o.max_tokens.unwrap_or(monitor::CALIBRATION_TOKENS),
             // A browser's GPU may be a slow software one: progress and Stop every few samples.
             chunk: 8,
         };
