@@ -24,6 +24,20 @@ pub enum Loaded {
 }
 
 impl Loaded {
+    /// The GPU work a job took since load ({"submits", "dispatches"}), null on the CPU: what `bench --persona`
+    /// reports, for any job's `--json` output.
+    fn gpu_counts(&self) -> Value {
+        match self {
+            Loaded::Cpu(_) => Value::Null,
+            Loaded::Gpu(g) => {
+                let (submits, dispatches) = personascope_model::Engine::counters(&**g);
+                json!({ "submits": submits, "dispatches": dispatches })
+            }
+        }
+    }
+}
+
+impl Loaded {
     pub fn encode_prompt(&self, messages: &[personascope_model::Message]) -> CliResult<Vec<u32>> {
         let (template, tokenizer) = match self {
             Loaded::Cpu(m) => (&m.template, &m.tokenizer),
@@ -191,6 +205,7 @@ pub fn run_extract(a: ExtractArgs) -> CliResult<()> {
         "dropped_pairs": ex.dropped_pairs,
         "norms": norms,
         "seconds": start.elapsed().as_secs_f64(),
+        "gpu": loaded.gpu_counts(),
     });
     if a.json {
         print_json(&report);
@@ -307,6 +322,7 @@ pub fn run_eval(a: EvalArgs) -> CliResult<()> {
         if let Value::Object(m) = &mut v {
             m.insert("seconds".into(), json!(start.elapsed().as_secs_f64()));
             m.insert("saved".into(), json!(a.save));
+            m.insert("gpu".into(), loaded.gpu_counts());
         }
         print_json(&v);
         return Ok(());
@@ -505,6 +521,7 @@ pub fn run_screen(a: ScreenArgs) -> CliResult<()> {
         "threshold": threshold_json,
         "null": result.null,
         "seconds": start.elapsed().as_secs_f64(),
+        "gpu": loaded.gpu_counts(),
     });
     if a.json {
         print_json(&report);

@@ -5,6 +5,7 @@
 //! The methods are `async` because the GPU engine is (its readbacks cannot block in a browser); the CPU engine's
 //! futures are ready at once. Native callers drive them with `pollster::block_on`.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use personascope_gpu::GpuModel;
@@ -94,6 +95,48 @@ pub async fn generate<B: Backend>(
     progress: &mut dyn FnMut(Progress) -> Flow,
 ) -> Result<Vec<GenOut>> {
     schedule::generate_many(b, specs, monitor, on_token, progress).await.map_err(B::lift)
+}
+
+/// Generated tokens between two polls of [`generate_polled`]'s `progress`.
+pub const POLL_TOKENS: usize = 32;
+
+/// [`generate`] without streaming, for batch jobs: `progress` runs after each batch and also every
+/// [`POLL_TOKENS`] generated tokens (with the progress last reported), so that a cancel lands within a decode
+/// step or two instead of at the end of a batch (minutes on a software GPU). `Flow::Stop` ends every running reply
+/// (`StopReason::Cancelled`) and starts no other.
+pub async fn generate_polled<B: Backend>(
+    b: &mut B,
+    specs: &[GenSpec],
+    monitor: Option<Arc<Units>>,
+    progress: &mut dyn FnMut(Progress) -> Flow,
+) -> Result<Vec<GenOut>> {
+    struct Poll<'a> {
+        progress: &'a mut dyn FnMut(Progress) -> Flow,
+        last: Progress,
+        tokens: usize,
+        stop: bool,
+    }
+    // The scheduler calls the two callbacks one at a time, never one inside the other.
+    let poll = RefCell::new(Poll { progress, last: Progress { done: 0, total: specs.len() }, tokens: 0, stop: false });
+    let flow = |stop: bool| if stop { Flow::Stop } else { Flow::Continue };
+    let mut on_token = |_: TokenEvent<'_>| {
+        let mut p = poll.borrow_mut();
+        p.tokens += 1;
+        if !p.stop && p.tokens.is_multiple_of(POLL_TOKENS) {
+            let last = p.last;
+            p.stop = (p.progress)(last) == Flow::Stop;
+        }
+        flow(p.stop)
+    };
+    let mut on_batch = |now: Progress| {
+        let mut p = poll.borrow_mut();
+        p.last = now;
+        if !p.stop {
+            p.stop = (p.progress)(now) == Flow::Stop;
+        }
+        flow(p.stop)
+    };
+    generate(b, specs, monitor, &mut on_token, &mut on_batch).await
 }
 
 /// The residual rows `[N+1][d]` of the last token of `tokens`, one pass each (e.g. prompt-last readings).

@@ -228,8 +228,7 @@ pub async fn extract<B: Backend>(
                     }
                 })
                 .collect();
-            let replies =
-                backend::generate(backend, &specs, None, &mut |_| Flow::Continue, &mut |p| report(0, p)).await?;
+            let replies = backend::generate_polled(backend, &specs, None, &mut |p| report(0, p)).await?;
             if replies.iter().any(|r| r.stop == personascope_model::StopReason::Cancelled) {
                 return Err(PersonaError::Cancelled);
             }

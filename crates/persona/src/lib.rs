@@ -1,15 +1,14 @@
-//! Persona vectors (Chen et al., 2025) for Personascope.
-//!
-//! This crate will hold the persona toolkit: extraction of trait vectors from contrasting system prompts,
-//! monitoring (projection of activations onto a trait vector), steering, and screening of data sets, running over
-//! either backend (the CPU model or the GPU engine).
-//!
-//! Only the first piece exists so far: **trait definitions**.
+//! Persona vectors (Chen et al., 2025) for Personascope: extraction of trait vectors from contrasting system
+//! prompts, evaluation (separation, steering sweep, recommended layer), calibrated monitoring, steering and
+//! dataset screening, over either engine (the CPU reference or the GPU engine) through [`backend::Backend`].
 //!
 //! - [`traits`]: the JSON format of a trait definition, its validation ([`parse`]) and the extraction system prompt
 //!   ([`TraitDefinition::system_prompt`]).
 //! - [`library`]: the seven built-in traits of the paper (`evil`, `sycophantic`, `hallucinating`, `optimistic`,
 //!   `impolite`, `apathetic`, `humorous`), embedded in the binary ([`builtin`], [`builtin_by_name`]).
+//! - [`extract`], [`eval`], [`monitor`], [`steer`], [`screen`] and [`dataset`]: the methods, each describing its
+//!   forward passes and generations as plans that the engines run in ragged batches.
+//! - [`vector_file`]: llama.cpp control-vector GGUF files with Personascope's metadata.
 //!
 //! ```
 //! let evil = personascope_persona::builtin_by_name("evil").expect("built in");

@@ -80,8 +80,7 @@ pub async fn calibrate_with_progress<B: Backend>(
         written.push(PassSpec { tokens, plan: Plan { project: Some(p..n), ..Default::default() } });
         specs.push(GenSpec { prompt, max_tokens: CALIBRATION_TOKENS, sampling: SamplingParams::greedy(), plan });
     }
-    let own = backend::generate(backend, &specs, Some(monitor.clone()), &mut |_| Flow::Continue, &mut |p| report(0, p))
-        .await?;
+    let own = backend::generate_polled(backend, &specs, Some(monitor.clone()), &mut |p| report(0, p)).await?;
     if own.iter().any(|r| r.stop == personascope_model::StopReason::Cancelled) {
         return Err(PersonaError::Cancelled);
     }

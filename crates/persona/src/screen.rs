@@ -198,10 +198,7 @@ pub async fn screen<B: Backend>(
                 })
                 .collect();
             let replies =
-                backend::generate(backend, &specs, Some(monitor.clone()), &mut |_| Flow::Continue, &mut |p| {
-                    report(0, p)
-                })
-                .await?;
+                backend::generate_polled(backend, &specs, Some(monitor.clone()), &mut |p| report(0, p)).await?;
             if replies.iter().any(|r| r.stop == personascope_model::StopReason::Cancelled) {
                 cancelled = true;
                 break;

@@ -259,6 +259,36 @@ fn monitoring_is_calibrated() {
 }
 
 #[test]
+fn a_cancel_lands_during_a_batch_generation_not_after_it() {
+    // Four neutral items fit one wave: the only progress calls before the wave ends are the polls every
+    // POLL_TOKENS tokens, so a Stop answered to the first call must end the calibration mid-generation.
+    let v = impolite_vector();
+    let mut b = CpuEngine::new(cpu());
+    let mut calls = Vec::new();
+    let r = pollster::block_on(monitor::calibrate_with_progress(&mut b, v, &monitor::neutral_set()[..4], &mut |p| {
+        calls.push(p.done);
+        Flow::Stop
+    }));
+    assert!(matches!(r, Err(personascope_persona::error::PersonaError::Cancelled)), "{r:?}");
+    assert_eq!(calls.first(), Some(&0), "the first progress call came from a poll inside the generation: {calls:?}");
+    // The replies stopped at once: a direct generation of the same prompts, polled the same way, keeps fewer
+    // tokens than it would run to.
+    let specs: Vec<GenSpec> = monitor::neutral_set()[..4]
+        .iter()
+        .map(|it| GenSpec {
+            prompt: b.chat_prompt(None, &it.question).expect("prompt"),
+            max_tokens: monitor::CALIBRATION_TOKENS,
+            sampling: SamplingParams::greedy(),
+            plan: Plan::default(),
+        })
+        .collect();
+    let out = pollster::block_on(backend::generate_polled(&mut b, &specs, None, &mut |_| Flow::Stop)).expect("gen");
+    let tokens: usize = out.iter().map(|o| o.ids.len()).sum();
+    assert!(tokens <= backend::POLL_TOKENS + specs.len(), "{tokens} tokens generated after a Stop");
+    assert!(out.iter().all(|o| o.stop == personascope_model::StopReason::Cancelled));
+}
+
+#[test]
 fn screening_ranks_reports_bad_lines_and_keeps_partial_results() {
     let v = impolite_vector();
     let text = [
