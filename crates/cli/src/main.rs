@@ -432,43 +432,52 @@ fn run(command: Command) -> CliResult<()> {
 
 fn inspect(path: &Path, as_json: bool) -> CliResult<()> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let g = Gguf::parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut types = std::collections::BTreeMap::<String, (usize, u64)>::new();
-    for t in &g.tensors {
-        let e = types.entry(t.ty.name().to_string()).or_default();
-        e.0 += 1;
-        e.1 += t.len as u64;
-    }
-    let params: u64 = g.tensors.iter().map(|t| t.n_elements()).sum();
-    let model = Model::from_bytes(bytes.clone());
+    // The summary is taken from one parse, which is dropped before the model load parses the file again: the
+    // bytes are moved into the model, not copied.
+    let (version, n_tensors, types, params, template, strs) = {
+        let g = Gguf::parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut types = std::collections::BTreeMap::<String, (usize, u64)>::new();
+        for t in &g.tensors {
+            let e = types.entry(t.ty.name().to_string()).or_default();
+            e.0 += 1;
+            e.1 += t.len as u64;
+        }
+        let params: u64 = g.tensors.iter().map(|t| t.n_elements()).sum();
+        let template = g.get("tokenizer.chat_template").and_then(|v| v.as_str()).unwrap_or("");
+        let keys = ["general.name", "general.architecture", "tokenizer.ggml.model", "tokenizer.ggml.pre"];
+        let strs = keys.map(|k| g.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string());
+        (g.version, g.tensors.len(), types, params, template.to_string(), strs)
+    };
+    let template_len = template.chars().count();
+    let [name, arch, tok_model, tok_pre] = &strs;
+    let n_bytes = bytes.len();
+    let model = Model::from_bytes(bytes);
     let config = model.as_ref().map(|m| format!("{:?}", m.config)).map_err(|e| e.to_string());
-    let template = g.get("tokenizer.chat_template").and_then(|v| v.as_str()).unwrap_or("");
-    let str_key = |k: &str| g.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
     if as_json {
         print_json(&json!({
             "file": path.display().to_string(),
-            "bytes": bytes.len(),
-            "gguf_version": g.version,
-            "name": str_key("general.name"),
-            "architecture": str_key("general.architecture"),
+            "bytes": n_bytes,
+            "gguf_version": version,
+            "name": name,
+            "architecture": arch,
             "parameters": params,
-            "tensors": g.tensors.len(),
+            "tensors": n_tensors,
             "tensor_types": types.iter().map(|(k, (n, b))| (k.clone(), json!({"count": n, "bytes": b}))).collect::<serde_json::Map<_, _>>(),
-            "tokenizer": { "model": str_key("tokenizer.ggml.model"), "pre": str_key("tokenizer.ggml.pre") },
+            "tokenizer": { "model": tok_model, "pre": tok_pre },
             "config": config.as_ref().ok(),
             "loadable": config.as_ref().err(),
             "chat_template": template,
         }));
         return Ok(());
     }
-    println!("file          {} ({:.1} MB, GGUF v{})", path.display(), bytes.len() as f64 / 1e6, g.version);
-    println!("name          {}", str_key("general.name"));
-    println!("architecture  {}", str_key("general.architecture"));
-    println!("parameters    {:.1} M in {} tensors", params as f64 / 1e6, g.tensors.len());
+    println!("file          {} ({:.1} MB, GGUF v{version})", path.display(), n_bytes as f64 / 1e6);
+    println!("name          {name}");
+    println!("architecture  {arch}");
+    println!("parameters    {:.1} M in {n_tensors} tensors", params as f64 / 1e6);
     for (ty, (n, b)) in &types {
         println!("  {ty:<6} {n:>4} tensors {:>9.1} MB", *b as f64 / 1e6);
     }
-    println!("tokenizer     {} / pre-tokenizer {}", str_key("tokenizer.ggml.model"), str_key("tokenizer.ggml.pre"));
+    println!("tokenizer     {tok_model} / pre-tokenizer {tok_pre}");
     match &model {
         Ok(m) => {
             let c = &m.config;
@@ -484,7 +493,7 @@ fn inspect(path: &Path, as_json: bool) -> CliResult<()> {
         }
         Err(e) => println!("not loadable  {e}"),
     }
-    println!("chat template {} characters", template.len());
+    println!("chat template {template_len} characters");
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 
 use crate::value::{Value, ValueType};
 use crate::{GgmlType, GgufError, DEFAULT_ALIGNMENT, MAGIC};
+use std::collections::HashMap;
 
 /// The most dimensions a GGML tensor has.
 pub const GGML_MAX_DIMS: usize = 4;
@@ -43,6 +44,10 @@ pub struct Gguf<'a> {
     /// Absolute offset of the data section.
     pub data_offset: u64,
     bytes: &'a [u8],
+    /// Key -> index into `metadata`, and tensor name -> index into `tensors`: lookups by name are constant time
+    /// (a model has hundreds of tensors and a hostile file may have millions).
+    key_index: HashMap<String, usize>,
+    tensor_index: HashMap<String, usize>,
 }
 
 struct Cursor<'a> {
@@ -176,22 +181,22 @@ impl<'a> Gguf<'a> {
         c.check_count(n_tensors, 24, &|| "tensor count".into())?;
 
         let mut metadata: Vec<(String, Value)> = Vec::with_capacity(n_kv as usize);
-        let mut seen_keys = std::collections::HashSet::with_capacity(n_kv as usize);
+        let mut key_index = HashMap::with_capacity(n_kv as usize);
         for i in 0..n_kv {
             let key = c.string(&|| format!("key of metadata entry {i}"))?;
             let type_id = c.u32(&|| format!("value type of metadata key `{key}`"))?;
             let ty =
                 ValueType::from_id(type_id).ok_or_else(|| GgufError::BadValueType { key: key.clone(), type_id })?;
             let value = c.value(&key, ty, 0)?;
-            if !seen_keys.insert(key.clone()) {
+            if key_index.insert(key.clone(), metadata.len()).is_some() {
                 return Err(GgufError::DuplicateKey(key));
             }
             metadata.push((key, value));
         }
 
-        let alignment = match metadata.iter().find(|(k, _)| k == "general.alignment") {
+        let alignment = match key_index.get("general.alignment").map(|&i| &metadata[i].1) {
             None => DEFAULT_ALIGNMENT,
-            Some((_, v)) => {
+            Some(v) => {
                 let a = v.as_u64().ok_or_else(|| GgufError::WrongType {
                     key: "general.alignment".into(),
                     expected: "unsigned integer",
@@ -212,7 +217,7 @@ impl<'a> Gguf<'a> {
             n_bytes: u64,
         }
         let mut raw = Vec::with_capacity(n_tensors as usize);
-        let mut seen_names = std::collections::HashSet::with_capacity(n_tensors as usize);
+        let mut tensor_index = HashMap::with_capacity(n_tensors as usize);
         for i in 0..n_tensors {
             let name = c.string(&|| format!("name of tensor {i}"))?;
             let n_dims = c.u32(&|| format!("dimension count of tensor `{name}`"))?;
@@ -241,7 +246,7 @@ impl<'a> Gguf<'a> {
             if offset % alignment != 0 {
                 return Err(GgufError::MisalignedTensor { name, offset, alignment });
             }
-            if !seen_names.insert(name.clone()) {
+            if tensor_index.insert(name.clone(), raw.len()).is_some() {
                 return Err(GgufError::DuplicateTensor(name));
             }
             raw.push(RawTensor { name, dims, ty, offset, n_bytes });
@@ -273,7 +278,7 @@ impl<'a> Gguf<'a> {
                 }
             }
         }
-        Ok(Gguf { version, alignment, metadata, tensors, data_offset, bytes })
+        Ok(Gguf { version, alignment, metadata, tensors, data_offset, bytes, key_index, tensor_index })
     }
 
     /// The whole file.
@@ -282,7 +287,13 @@ impl<'a> Gguf<'a> {
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {
-        self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+        // A hit is checked against the entry (the public vector may have been edited since parsing) and falls
+        // back to a scan if it no longer matches.
+        match self.key_index.get(key).map(|&i| self.metadata.get(i)) {
+            None => None,
+            Some(Some((k, v))) if k == key => Some(v),
+            Some(_) => self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+        }
     }
 
     fn require(&self, key: &str) -> Result<&Value, GgufError> {
@@ -318,7 +329,11 @@ impl<'a> Gguf<'a> {
     }
 
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
-        self.tensors.iter().find(|t| t.name == name)
+        match self.tensor_index.get(name).map(|&i| self.tensors.get(i)) {
+            None => None,
+            Some(Some(t)) if t.name == name => Some(t),
+            Some(_) => self.tensors.iter().find(|t| t.name == name),
+        }
     }
 
     /// The stored bytes of a tensor (validated at parse time to lie inside the file).

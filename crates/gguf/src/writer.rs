@@ -16,6 +16,9 @@ struct PendingTensor {
 pub struct GgufWriter {
     metadata: Vec<(String, Value)>,
     tensors: Vec<PendingTensor>,
+    /// Tensor names so far, and key -> index into `metadata`: constant-time checks for files of many entries.
+    names: std::collections::HashSet<String>,
+    keys: std::collections::HashMap<String, usize>,
 }
 
 impl GgufWriter {
@@ -26,9 +29,12 @@ impl GgufWriter {
     /// Adds (or replaces) a metadata entry; file order is insertion order.
     pub fn set(&mut self, key: impl Into<String>, value: Value) -> &mut Self {
         let key = key.into();
-        match self.metadata.iter_mut().find(|(k, _)| *k == key) {
-            Some(slot) => slot.1 = value,
-            None => self.metadata.push((key, value)),
+        match self.keys.get(&key) {
+            Some(&i) => self.metadata[i].1 = value,
+            None => {
+                self.keys.insert(key.clone(), self.metadata.len());
+                self.metadata.push((key, value));
+            }
         }
         self
     }
@@ -42,7 +48,7 @@ impl GgufWriter {
         data: Vec<u8>,
     ) -> Result<&mut Self, GgufError> {
         let name = name.into();
-        if self.tensors.iter().any(|t| t.name == name) {
+        if self.names.contains(&name) {
             return Err(GgufError::DuplicateTensor(name));
         }
         // Refuse what the reader would refuse, so that every file written can be read back.
@@ -64,6 +70,7 @@ impl GgufWriter {
                 got: data.len() as u64,
             });
         }
+        self.names.insert(name.clone());
         self.tensors.push(PendingTensor { name, dims: dims.to_vec(), ty, data });
         Ok(self)
     }
@@ -76,11 +83,11 @@ impl GgufWriter {
 
     /// Serializes the file. Tensor data is laid out in insertion order, each aligned to `general.alignment`.
     pub fn to_bytes(&self) -> Result<Vec<u8>, GgufError> {
-        let alignment = match self.metadata.iter().find(|(k, _)| k == "general.alignment") {
+        let alignment = match self.keys.get("general.alignment").map(|&i| &self.metadata[i].1) {
             None => DEFAULT_ALIGNMENT,
             // Same limit as the reader: a larger alignment would pad the file to gigabytes (and on 32-bit targets
             // truncate to zero in the `as usize` below).
-            Some((_, v)) => match v.as_u64() {
+            Some(v) => match v.as_u64() {
                 Some(a) if a.is_power_of_two() && a <= MAX_ALIGNMENT => a,
                 _ => {
                     return Err(GgufError::Writer(format!(

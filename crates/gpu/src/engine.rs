@@ -294,11 +294,15 @@ impl GpuModel {
         let oom = gpu.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let model = Self::load_inner(gpu, file, options, progress).await;
         let refused = oom.pop().await;
-        let model = model?;
-        match refused {
-            None => Ok(model),
-            Some(e) => Err(GpuError::AllocationFailed { needed: model.gpu_bytes, msg: e.to_string() }),
+        let mut model = model?;
+        if let Some(e) = refused {
+            return Err(GpuError::AllocationFailed { needed: model.gpu_bytes, msg: e.to_string() });
         }
+        // As the CPU loader does: weights that give non-finite logits fail the load, not the first chat.
+        let token = model.tokenizer.bos_id().unwrap_or(0);
+        let logits = model.logits(&[token]).await?;
+        personascope_model::broken_logits(&logits)?;
+        Ok(model)
     }
 
     async fn load_inner(
@@ -309,6 +313,7 @@ impl GpuModel {
     ) -> Result<Self> {
         let g = Gguf::parse(file).map_err(|e| GpuError::Model(e.into()))?;
         let config = Config::from_gguf(&g)?;
+        personascope_model::check_tensors(&g, &config)?;
         let tokenizer = std::sync::Arc::new(Tokenizer::from_gguf(&g)?);
         let template = ChatTemplate::from_gguf(&g)?;
         let name = g.get("general.name").and_then(|v| v.as_str()).unwrap_or(config.arch.name()).to_string();
@@ -327,14 +332,21 @@ impl GpuModel {
         };
         let (d, qd, kvd, ff, b, h) = (c.d_model, c.q_dim(), c.kv_dim(), c.d_ff, options.batch, options.head_rows);
         let layers = c.n_layers + 1;
-        let cache_bytes = (options.max_positions * kvd * 4) as u64;
-        if cache_bytes > max_binding {
-            return Err(GpuError::OutOfMemory {
-                what: format!("a KV cache of {} positions", options.max_positions),
-                needed: cache_bytes,
-                available: max_binding,
-            });
+        // Sizes in u64: on wasm32 a product of a few sizes overflows usize.
+        let fits = |what: String, elements: u64| -> Result<()> {
+            let needed = elements.saturating_mul(4);
+            if needed > max_binding {
+                return Err(GpuError::OutOfMemory { what, needed, available: max_binding });
+            }
+            Ok(())
+        };
+        let n64 = |n: usize| n as u64;
+        let cache_bytes = n64(options.max_positions) * n64(kvd) * 4;
+        fits(format!("a KV cache of {} positions", options.max_positions), n64(options.max_positions) * n64(kvd))?;
+        for (what, width) in [("hidden", d), ("query", qd), ("key/value", kvd), ("feed-forward", ff)] {
+            fits(format!("{what} activations of a batch of {b} tokens"), n64(b) * n64(width))?;
         }
+        fits(format!("the logits of {h} rows"), n64(h) * n64(c.vocab_size))?;
         let mut gpu_bytes = 0u64;
 
         // Kernels shared by every layer.
@@ -355,8 +367,9 @@ impl GpuModel {
 
         let chunks = b.div_ceil(h);
         let layout = Layout { layers, chunks };
-        let f = |n: usize| (n * 4) as u64;
+        let f = |n: usize| n as u64 * 4;
         let step_words = crate::wave::step_words(h, options.max_traits, layers);
+        fits(format!("the token history of {h} rows"), n64(h) * n64(options.max_positions))?;
         let history = h * options.max_positions;
         let lists_words = Lists::capacity(layout, b, b);
         let bufs = Buffers {
@@ -381,8 +394,14 @@ impl GpuModel {
             step_staging: [0, 1].map(|i| staging(&gpu, &format!("step staging {i}"), f(step_words))),
             sample_params: storage_zeroed(&gpu, "sample params", (h * std::mem::size_of::<sample::Params>()) as u64),
         };
-        gpu_bytes += f(b * (2 * d + 2 * qd + 2 * kvd + 2 * ff + 1 + 8) + lists_words + 2 * h * d)
-            + f(2 * h * c.vocab_size + history + 2 * options.out_floats + 3 * step_words);
+        gpu_bytes += 4
+            * (n64(b) * n64(2 * d + 2 * qd + 2 * kvd + 2 * ff + 1 + 8)
+                + n64(lists_words)
+                + 2 * n64(h) * n64(d)
+                + 2 * n64(h) * n64(c.vocab_size)
+                + n64(history)
+                + 2 * n64(options.out_floats)
+                + 3 * n64(step_words));
 
         // Uniforms shared by every layer (all blocks have the same shapes); values are set per forward call.
         let norm_params =
@@ -412,7 +431,7 @@ impl GpuModel {
         let inv_freq = storage_f32(&gpu, "inv_freq", &ops::rope_inv_freq(&c, rope_freqs.as_deref()));
 
         let mut keep = Vec::new();
-        let mut blocks = Vec::with_capacity(c.n_layers);
+        let mut blocks = Vec::new();
         for l in 0..c.n_layers {
             let n = |s: &str| format!("blk.{l}.{s}");
             let attn_norm = storage_f32(&gpu, &n("attn_norm"), &vector(&g, &n("attn_norm.weight"))?);

@@ -17,6 +17,36 @@ use crate::{ModelError, Result};
 
 const TEMPLATE_NAME: &str = "chat_template";
 
+/// Limits on one render, so that a hostile template fails with an error instead of hanging or exhausting memory
+/// (in a browser tab, an abort is a wasm trap). Fuel is minijinja's instruction budget: a real template spends
+/// a few hundred instructions per message, so this allows conversations of thousands of messages.
+pub const TEMPLATE_FUEL: u64 = 2_000_000;
+/// Output allowed beyond the conversation's own text: the template's markup for every message, many times over.
+pub const TEMPLATE_OUTPUT_SLACK: usize = 1 << 20;
+/// The longest template source accepted (real ones are a few KB; the largest known, with tool calling, ~20 KB).
+pub const MAX_TEMPLATE_BYTES: usize = 1 << 20;
+
+/// The render's output, refused past `cap` bytes.
+struct CappedOutput {
+    bytes: Vec<u8>,
+    cap: usize,
+    overflowed: bool,
+}
+
+impl std::io::Write for CappedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > self.cap {
+            self.overflowed = true;
+            return Err(std::io::Error::other("output cap"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// One chat message. `role` is typically `system`, `user` or `assistant`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Message {
@@ -61,6 +91,21 @@ impl std::fmt::Debug for ChatTemplate {
     }
 }
 
+/// Why a render failed: a limit (the template is refused whatever the conversation) or anything else.
+enum RenderError {
+    Limit(String),
+    Other(ModelError),
+}
+
+impl From<RenderError> for ModelError {
+    fn from(e: RenderError) -> Self {
+        match e {
+            RenderError::Limit(msg) => ModelError::Template(msg),
+            RenderError::Other(e) => e,
+        }
+    }
+}
+
 fn tmpl_err(msg: impl Into<String>) -> ModelError {
     ModelError::Template(msg.into())
 }
@@ -94,12 +139,52 @@ impl ChatTemplate {
         };
         let bos = token_text_at(g, "tokenizer.ggml.bos_token_id")?;
         let eos = token_text_at(g, "tokenizer.ggml.eos_token_id")?;
-        Self::from_source(source, &bos, &eos)
+        let t = Self::from_source(source, &bos, &eos)?;
+        t.probe()?;
+        Ok(t)
+    }
+
+    /// Renders a short conversation under the render limits, so that a template that hangs, floods or fails on
+    /// every conversation fails the load with its message rather than the first chat. Templates may refuse
+    /// some shapes on purpose (a system message, say), so the probe passes when any of a few shapes renders; a
+    /// limit reached on any of them fails it.
+    pub fn probe(&self) -> Result<()> {
+        let shapes: [&[Message]; 3] = [
+            &[
+                Message::system("You are a helpful assistant."),
+                Message::user("Hello."),
+                Message::assistant("Hi! How can I help?"),
+                Message::user("Tell me a fact."),
+            ],
+            &[Message::user("Hello."), Message::assistant("Hi! How can I help?"), Message::user("Tell me a fact.")],
+            &[Message::user("Hello.")],
+        ];
+        let mut first_err = None;
+        for messages in shapes {
+            match self.render_checked(messages, true) {
+                Ok(_) => return Ok(()),
+                Err(e @ RenderError::Limit(_)) => return Err(e.into()),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_err.map_or_else(
+            || tmpl_err("the template renders no conversation"),
+            |e| tmpl_err(format!("the template renders no test conversation: {}", ModelError::from(e))),
+        ))
     }
 
     /// Compiles a template; syntax errors are reported here rather than at the first render.
     pub fn from_source(template: &str, bos: &str, eos: &str) -> Result<Self> {
+        if template.len() > MAX_TEMPLATE_BYTES {
+            return Err(tmpl_err(format!(
+                "the template is {} bytes, more than the {MAX_TEMPLATE_BYTES} accepted",
+                template.len()
+            )));
+        }
         let mut env = Environment::new();
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_keep_trailing_newline(false);
@@ -153,7 +238,12 @@ impl ChatTemplate {
     /// Renders the conversation to text, as HF `apply_chat_template(messages, tokenize=False,
     /// add_generation_prompt=..)` does.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-        let tmpl = self.env.get_template(TEMPLATE_NAME).map_err(render_err)?;
+        self.render_checked(messages, add_generation_prompt).map_err(ModelError::from)
+    }
+
+    /// [`ChatTemplate::render`] under the fuel and output limits, telling a limit apart from other errors.
+    fn render_checked(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, RenderError> {
+        let tmpl = self.env.get_template(TEMPLATE_NAME).map_err(|e| RenderError::Other(render_err(e)))?;
         let ctx = context! {
             messages => Value::from_serialize(messages),
             add_generation_prompt => add_generation_prompt,
@@ -162,7 +252,27 @@ impl ChatTemplate {
             tools => Value::from(()),
             documents => Value::from(()),
         };
-        tmpl.render(ctx).map_err(render_err)
+        let text: usize = messages.iter().map(|m| m.role.len() + m.content.len()).sum();
+        let cap = text.saturating_mul(4).saturating_add(TEMPLATE_OUTPUT_SLACK);
+        let mut out = CappedOutput { bytes: Vec::new(), cap, overflowed: false };
+        match tmpl.render_captured_to(ctx, &mut out) {
+            Ok(_) => {}
+            Err(_) if out.overflowed => {
+                return Err(RenderError::Limit(format!(
+                    "the template's output passed {cap} bytes (4 x the conversation's text + {TEMPLATE_OUTPUT_SLACK}); \
+                     it is refused as a runaway template"
+                )))
+            }
+            Err(e) if e.kind() == ErrorKind::OutOfFuel => {
+                return Err(RenderError::Limit(format!(
+                    "the template ran more than {TEMPLATE_FUEL} steps for {} messages; it is refused as a \
+                     runaway template",
+                    messages.len()
+                )))
+            }
+            Err(e) => return Err(RenderError::Other(render_err(e))),
+        }
+        String::from_utf8(out.bytes).map_err(|_| RenderError::Other(tmpl_err("the template rendered invalid UTF-8")))
     }
 
     /// Token ids of the prompt for `messages`, generation prompt included, where only the template's own text can

@@ -58,12 +58,44 @@ pub struct Config {
     pub tied_embeddings: bool,
 }
 
+/// Largest accepted width (residual, FFN, attention dims) and head size: far above any model this tool runs,
+/// small enough that products of a few of them fit a 32-bit `usize` (wasm32) where they size one buffer.
+const MAX_WIDTH: usize = 1 << 20;
+/// Largest accepted block count and context length.
+const MAX_LAYERS: usize = 1 << 12;
+const MAX_CONTEXT: usize = 1 << 24;
+
 fn count(g: &Gguf, key: &str) -> Result<usize> {
+    count_below(g, key, 1 << 31)
+}
+
+/// A positive count from `key`, at most `max`.
+fn count_below(g: &Gguf, key: &str, max: usize) -> Result<usize> {
     let v = g.get_u64(key)?;
     usize::try_from(v)
         .ok()
-        .filter(|&v| v > 0 && v < (1 << 31))
-        .ok_or_else(|| ModelError::Config(format!("`{key}` = {v} is not a usable size")))
+        .filter(|&v| v > 0 && v <= max)
+        .ok_or_else(|| ModelError::Config(format!("`{key}` = {v} is not a usable size (1 to {max})")))
+}
+
+/// A float from `key` (or `default` when absent) that is finite and passes `ok`; `what` says the accepted range.
+fn float(g: &Gguf, key: &str, default: Option<f64>, ok: fn(f64) -> bool, what: &str) -> Result<f32> {
+    let v = match (g.get(key), default) {
+        (None, Some(d)) => d,
+        _ => g.get_f64(key)?,
+    };
+    if v.is_finite() && ok(v) && (v as f32).is_finite() {
+        Ok(v as f32)
+    } else {
+        Err(ModelError::Config(format!("`{key}` = {v} is not usable: it must be {what}")))
+    }
+}
+
+/// `a * b`, or an error naming the product when it exceeds [`MAX_WIDTH`].
+fn width(a: usize, b: usize, what: &str) -> Result<usize> {
+    a.checked_mul(b)
+        .filter(|&p| p <= MAX_WIDTH)
+        .ok_or_else(|| ModelError::Config(format!("{what} = {a} x {b} exceeds {MAX_WIDTH}")))
 }
 
 impl Config {
@@ -75,19 +107,33 @@ impl Config {
             other => return Err(ModelError::UnsupportedArchitecture(other.to_string())),
         };
         let k = |suffix: &str| format!("{arch_name}.{suffix}");
-        let n_layers = count(g, &k("block_count"))?;
-        let d_model = count(g, &k("embedding_length"))?;
-        let n_heads = count(g, &k("attention.head_count"))?;
+        let n_layers = count_below(g, &k("block_count"), MAX_LAYERS)?;
+        // Every block has at least 9 tensors: a block count the tensor table cannot hold is refused before
+        // anything is sized by it.
+        if n_layers > g.tensors.len() / 9 {
+            return Err(ModelError::Config(format!(
+                "`{}` = {n_layers} blocks, but the file has only {} tensors",
+                k("block_count"),
+                g.tensors.len()
+            )));
+        }
+        let d_model = count_below(g, &k("embedding_length"), MAX_WIDTH)?;
+        let n_heads = count_below(g, &k("attention.head_count"), MAX_WIDTH)?;
         let n_kv_heads = match g.get(&k("attention.head_count_kv")) {
-            Some(_) => count(g, &k("attention.head_count_kv"))?,
+            Some(_) => count_below(g, &k("attention.head_count_kv"), MAX_WIDTH)?,
             None => n_heads,
         };
-        let d_ff = count(g, &k("feed_forward_length"))?;
-        let context_length = count(g, &k("context_length"))?;
+        let d_ff = count_below(g, &k("feed_forward_length"), MAX_WIDTH)?;
+        let context_length = count_below(g, &k("context_length"), MAX_CONTEXT)?;
         let head_dim = match g.get(&k("attention.key_length")) {
-            Some(_) => count(g, &k("attention.key_length"))?,
+            Some(_) => count_below(g, &k("attention.key_length"), MAX_WIDTH)?,
             None => d_model / n_heads,
         };
+        if head_dim == 0 {
+            return Err(ModelError::Config(format!("{n_heads} attention heads do not divide the width {d_model}")));
+        }
+        width(n_heads, head_dim, "query width (heads x head dimension)")?;
+        width(n_kv_heads, head_dim, "key/value width (key/value heads x head dimension)")?;
         if n_heads % n_kv_heads != 0 {
             return Err(ModelError::Config(format!(
                 "{n_heads} attention heads are not a multiple of {n_kv_heads} key/value heads"
@@ -102,14 +148,11 @@ impl Config {
                 "rope dimension {rope_dim} does not fit head dimension {head_dim}"
             )));
         }
-        let rms_eps = g.get_f64(&k("attention.layer_norm_rms_epsilon"))? as f32;
-        let rope_base = match g.get(&k("rope.freq_base")) {
-            Some(_) => g.get_f64(&k("rope.freq_base"))? as f32,
-            None => 10_000.0,
-        };
+        let rms_eps = float(g, &k("attention.layer_norm_rms_epsilon"), None, |v| v > 0.0 && v < 1.0, "in (0, 1)")?;
+        let rope_base = float(g, &k("rope.freq_base"), Some(10_000.0), |v| v > 1.0, "finite and above 1")?;
         let rope_linear_scale = match g.get(&k("rope.scaling.type")).and_then(|v| v.as_str()) {
             None | Some("none") => 1.0,
-            Some("linear") => g.get_f64(&k("rope.scaling.factor"))? as f32,
+            Some("linear") => float(g, &k("rope.scaling.factor"), None, |v| v > 0.0, "finite and positive")?,
             // Llama 3 files carry their scaling as the `rope_freqs.weight` tensor; the key may still say "llama3".
             Some("llama3") if g.tensor("rope_freqs.weight").is_some() => 1.0,
             Some(other) => return Err(ModelError::Config(format!("RoPE scaling `{other}` is not supported"))),
@@ -118,7 +161,8 @@ impl Config {
             .tensor("token_embd.weight")
             .ok_or_else(|| ModelError::Tensor { name: "token_embd.weight".into(), msg: "missing".into() })?;
         let vocab_size = match embd.dims.as_slice() {
-            [d, v] if *d as usize == d_model => *v as usize,
+            // Token ids are u32; a dimension that does not fit usize (wasm32) cannot match.
+            [d, v] if usize::try_from(*d) == Ok(d_model) && *v > 0 && *v <= u64::from(u32::MAX) => *v as usize,
             dims => {
                 return Err(ModelError::Tensor {
                     name: "token_embd.weight".into(),

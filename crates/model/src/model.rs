@@ -77,6 +77,18 @@ impl KvStore for KvCache {
     }
 }
 
+/// An error naming the first non-finite logit of a probe pass, if any.
+pub fn broken_logits(logits: &[f32]) -> Result<()> {
+    match logits.iter().position(|x| !x.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(ModelError::Config(format!(
+            "the model is broken: one forward pass gives a non-finite logit ({} for token {i}); the weights or \
+             their norms and scales hold values the file format allows but no working model has",
+            logits[i]
+        ))),
+    }
+}
+
 /// A loaded model: configuration, weights (kept quantized, as stored in the file), tokenizer and chat template.
 pub struct Model {
     pub config: Config,
@@ -108,7 +120,18 @@ impl Model {
         let template = ChatTemplate::from_gguf(&g)?;
         let name = g.get("general.name").and_then(|v| v.as_str()).unwrap_or(config.arch.name()).to_string();
         let inv_freq = ops::rope_inv_freq(&config, weights.rope_freqs.as_deref());
-        Ok(Model { config, tokenizer, template, name, weights, inv_freq, file })
+        let model = Model { config, tokenizer, template, name, weights, inv_freq, file };
+        model.check_forward()?;
+        Ok(model)
+    }
+
+    /// One forward pass of one token (BOS, or id 0), whose logits must all be finite: weights that pass every
+    /// other check but give NaN or infinite logits (a broken quantization, say) fail the load here instead of
+    /// giving empty replies later.
+    pub fn check_forward(&self) -> Result<()> {
+        let token = self.tokenizer.bos_id().unwrap_or(0);
+        let logits = self.forward(&mut self.new_cache(), &[token], &mut crate::NoHook, Logits::Last)?;
+        broken_logits(&logits)
     }
 
     /// Reads and loads a GGUF file from disk.

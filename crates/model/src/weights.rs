@@ -20,9 +20,10 @@ pub struct QMatrix {
 impl QMatrix {
     fn load(g: &Gguf, name: &str, cols: usize, rows: usize) -> Result<Self> {
         let t = g.tensor(name).ok_or_else(|| ModelError::Tensor { name: name.into(), msg: "missing".into() })?;
+        let is = |dim: u64, want: usize| usize::try_from(dim) == Ok(want);
         let ok = match t.dims.as_slice() {
-            [c, r] => *c as usize == cols && *r as usize == rows,
-            [c] => *c as usize == cols && rows == 1,
+            [c, r] => is(*c, cols) && is(*r, rows),
+            [c] => is(*c, cols) && rows == 1,
             _ => false,
         };
         if !ok {
@@ -114,7 +115,12 @@ fn vector(g: &Gguf, name: &str, len: usize) -> Result<Vec<f32>> {
     if t.dims.as_slice() != [len as u64] {
         return Err(ModelError::Tensor { name: name.into(), msg: format!("shape {:?}, expected [{len}]", t.dims) });
     }
-    Ok(g.tensor_f32(name)?)
+    let v = g.tensor_f32(name)?;
+    // A NaN or infinite norm weight or bias loads fine and then silently turns every logit into NaN.
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        return Err(ModelError::Tensor { name: name.into(), msg: format!("element {i} is {}", v[i]) });
+    }
+    Ok(v)
 }
 
 pub struct Block {
@@ -142,11 +148,19 @@ pub struct Weights {
     pub rope_freqs: Option<Vec<f32>>,
 }
 
+/// Checks every tensor the model reads against `c` (presence, shape, type, finite norm weights and biases), the
+/// same way the CPU loader does: the GPU loader calls it before it uploads anything.
+pub fn check_tensors(g: &Gguf, c: &Config) -> Result<()> {
+    Weights::load(g, c).map(|_| ())
+}
+
 impl Weights {
     pub fn load(g: &Gguf, c: &Config) -> Result<Self> {
         let d = c.d_model;
         let token_embd = QMatrix::load(g, "token_embd.weight", d, c.vocab_size)?;
-        let mut blocks = Vec::with_capacity(c.n_layers);
+        // Not `with_capacity(n_layers)`: the count comes from the file, and each block is only kept once its
+        // tensors are found.
+        let mut blocks = Vec::new();
         for l in 0..c.n_layers {
             let n = |s: &str| format!("blk.{l}.{s}");
             let bias = if c.qkv_bias {
@@ -174,7 +188,16 @@ impl Weights {
         let lm_head =
             if c.tied_embeddings { token_embd.clone() } else { QMatrix::load(g, "output.weight", d, c.vocab_size)? };
         let rope_freqs = match g.tensor("rope_freqs.weight") {
-            Some(_) => Some(vector(g, "rope_freqs.weight", c.rope_dim / 2)?),
+            Some(_) => {
+                let f = vector(g, "rope_freqs.weight", c.rope_dim / 2)?;
+                if let Some(i) = f.iter().position(|&x| x <= 0.0) {
+                    return Err(ModelError::Tensor {
+                        name: "rope_freqs.weight".into(),
+                        msg: format!("element {i} is {}, but frequency divisors must be positive", f[i]),
+                    });
+                }
+                Some(f)
+            }
             None => None,
         };
         Ok(Weights { token_embd, blocks, output_norm: vector(g, "output_norm.weight", d)?, lm_head, rope_freqs })

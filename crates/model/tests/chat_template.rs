@@ -253,3 +253,58 @@ fn missing_template_is_a_clear_error() {
     let err = ChatTemplate::from_gguf(&Gguf::parse(&bytes).expect("parse")).expect_err("no template");
     assert!(err.to_string().contains("tokenizer.chat_template"), "{err}");
 }
+
+/// The message of `ChatTemplate::from_source(src)` followed by `probe()`, which must fail.
+fn refused(src: &str) -> String {
+    let t = match ChatTemplate::from_source(src, "<s>", "</s>") {
+        Ok(t) => t,
+        Err(e) => return e.to_string(),
+    };
+    match t.probe() {
+        Ok(()) => panic!("template accepted: {src}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn a_template_that_loops_without_end_is_refused_by_its_fuel() {
+    // Without the fuel limit this runs for 10^15 iterations and prints nothing.
+    let e = refused("{% for a in range(100000) %}{% for b in range(100000) %}{% for c in range(100000) %}{% endfor %}{% endfor %}{% endfor %}");
+    assert!(e.contains("steps") && e.contains("runaway"), "{e}");
+}
+
+#[test]
+fn a_template_that_floods_its_output_is_refused_by_the_output_cap() {
+    // 10^10 copies of a 10-byte string: without the cap it grows until the allocator aborts.
+    let e = refused("{% for a in range(100000) %}{% for b in range(100000) %}0123456789{% endfor %}{% endfor %}");
+    assert!(e.contains("output passed") && e.contains("runaway"), "{e}");
+    let e = refused("{{ 'x' * 90000000 }}");
+    assert!(e.contains("output passed"), "{e}");
+}
+
+#[test]
+fn the_probe_accepts_a_template_that_refuses_system_messages_and_reports_one_that_refuses_everything() {
+    let no_system = "{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('no system role') }}\
+                     {% endif %}<{{ m.role }}>{{ m.content }}{% endfor %}";
+    let t = ChatTemplate::from_source(no_system, "<s>", "</s>").expect("compiles");
+    t.probe().expect("renders without a system message");
+    let e = refused("{{ raise_exception('this template is broken') }}");
+    assert!(e.contains("renders no test conversation") && e.contains("this template is broken"), "{e}");
+}
+
+#[test]
+fn a_template_source_past_the_size_limit_is_refused() {
+    let big = "x".repeat(personascope_model::chat::MAX_TEMPLATE_BYTES + 1);
+    let e = ChatTemplate::from_source(&big, "<s>", "</s>").expect_err("too big").to_string();
+    assert!(e.contains("bytes, more than"), "{e}");
+}
+
+#[test]
+fn a_long_real_conversation_stays_within_the_limits() {
+    // 2,000 messages of 2 KB through SmolLM2's own template: far more than any context holds.
+    let msgs: Vec<Message> = (0..2000)
+        .map(|i| if i % 2 == 0 { Message::user("q".repeat(2048)) } else { Message::assistant("a".repeat(2048)) })
+        .collect();
+    let text = smollm2().template.render(&msgs, true).expect("renders");
+    assert!(text.len() > 2000 * 2048, "{}", text.len());
+}
