@@ -21,13 +21,19 @@ bash models/fetch.sh
 
 say "toolchain"
 rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+# Build tools, not shipped code: their release profiles (trunk's is fat LTO with one codegen unit) are relaxed so
+# that a fresh 2-core machine builds them in minutes, not half an hour.
+quick_install() {
+  CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_DEBUG=false \
+    cargo install "$@"
+}
 if [ "$(wasm-bindgen --version 2>/dev/null)" != "wasm-bindgen $wbg_version" ]; then
-  # Not --locked: the locked build wants a crate version this registry lacks (docs/engine-notes).
-  cargo install "wasm-bindgen-cli@$wbg_version"
+  # Not --locked: the locked build wants a crate version this registry lacks.
+  quick_install "wasm-bindgen-cli@$wbg_version"
 fi
 if [ "$(trunk --version 2>/dev/null)" != "trunk $trunk_version" ]; then
-  # trunk 0.22 needs a newer rustc than the workspace's; about 10 minutes on 2 cores, once.
-  cargo install "trunk@$trunk_version" --locked
+  # trunk 0.22 needs a newer rustc than the workspace's.
+  quick_install "trunk@$trunk_version" --locked
 fi
 if [ "$(wasm-opt --version 2>/dev/null | cut -d' ' -f3)" != "132" ]; then
   (cd web && npm install --no-audit --no-fund)

@@ -392,7 +392,8 @@ const handlers = {
 
   async screen({ vector, text, blob, options }, progress) {
     const e = needEngine();
-    const jsonl = blob ? await blob.text() : String(text ?? '');
+    // The file's bytes go to the engine undecoded, so that an invalid UTF-8 byte rejects only its own line.
+    const jsonl = blob ? new Uint8Array(await blob.arrayBuffer()) : new TextEncoder().encode(String(text ?? ''));
     return parse(await e.screen(vector, jsonl, JSON.stringify(options ?? {}), (p) => progress(parse(p))));
   },
 

@@ -12,7 +12,7 @@ use personascope_persona::backend::{self, Backend};
 use personascope_persona::monitor::{self, Reading};
 use personascope_persona::steer::{self, SteerSpec};
 use personascope_persona::vector_file::{self, TraitVector};
-use personascope_persona::{dataset, eval, extract, screen, stats, TraitDefinition};
+use personascope_persona::{dataset, eval, extract, files, screen, stats, TraitDefinition};
 use serde_json::{json, Value};
 
 use crate::{load_gpu, load_path, print_json, Backend as Which, CliResult, ModelArgs};
@@ -151,6 +151,8 @@ pub struct ExtractArgs {
 
 pub fn run_extract(a: ExtractArgs) -> CliResult<()> {
     let def = load_trait(&a.trait_spec)?;
+    let outputs: Vec<&Path> = std::iter::once(a.out.as_path()).chain(a.responses.as_deref()).collect();
+    files::check_outputs(&outputs, &[])?;
     let mode: extract::Mode = a.mode.parse().map_err(err)?;
     let opts = extract::ExtractOptions {
         mode,
@@ -194,7 +196,7 @@ pub fn run_extract(a: ExtractArgs) -> CliResult<()> {
     if let Some(path) = &a.responses {
         let lines: String =
             ex.responses.iter().filter_map(|r| serde_json::to_string(r).ok()).map(|l| l + "\n").collect();
-        std::fs::write(path, lines).map_err(|e| format!("{}: {e}", path.display()))?;
+        write_file(path, &lines)?;
     }
     let norms: Vec<f32> = ex.vector.rows.iter().map(|r| stats::norm(r)).collect();
     let report = json!({
@@ -403,14 +405,33 @@ pub struct ScreenArgs {
     pub json: bool,
 }
 
+/// Writes `text` to `path` atomically: a reader sees the old file or the whole new one.
 fn write_file(path: &Path, text: &str) -> CliResult<()> {
-    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+    files::write_atomic(path, text.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Where an output of a screening run goes: its own path when the run screened every sample, the path with
+/// `.partial` appended when it was interrupted (so that a partial "kept" file is never taken for the whole).
+fn output_path(path: &Path, partial: bool) -> PathBuf {
+    if partial {
+        let mut p = path.as_os_str().to_owned();
+        p.push(".partial");
+        PathBuf::from(p)
+    } else {
+        path.to_path_buf()
+    }
 }
 
 pub fn run_screen(a: ScreenArgs) -> CliResult<()> {
+    let outputs: Vec<&Path> = [Some(a.out.as_path()), a.flagged.as_deref(), a.kept.as_deref(), a.csv.as_deref()]
+        .into_iter()
+        .flatten()
+        .collect();
+    files::check_outputs(&outputs, &[a.data.as_path(), a.vector.as_path(), a.model.model.as_path()])?;
     let vector = load_vector(&a.vector)?;
-    let text = std::fs::read_to_string(&a.data).map_err(|e| format!("{}: {e}", a.data.display()))?;
-    let parsed = dataset::parse_jsonl(&text);
+    let bytes = std::fs::read(&a.data).map_err(|e| format!("{}: {e}", a.data.display()))?;
+    let parsed = dataset::parse_jsonl_bytes(&bytes);
+    drop(bytes);
     for e in &parsed.errors {
         eprintln!("{}: {e} (skipped)", a.data.display());
     }
@@ -462,7 +483,9 @@ pub fn run_screen(a: ScreenArgs) -> CliResult<()> {
         out.push_str(&v.to_string());
         out.push('\n');
     }
-    write_file(&a.out, &out)?;
+    let partial = result.cancelled;
+    let out_path = output_path(&a.out, partial);
+    write_file(&out_path, &out)?;
     let by_line: std::collections::HashMap<usize, &dataset::Sample> =
         parsed.samples.iter().map(|s| (s.line, s)).collect();
     let flagged: Vec<&dataset::Sample> =
@@ -474,12 +497,13 @@ pub fn run_screen(a: ScreenArgs) -> CliResult<()> {
         .filter(|s| screened.contains(&s.line) && !flagged.iter().any(|f| f.line == s.line))
         .collect();
     if let Some(p) = &a.flagged {
-        write_file(p, &dataset::write_jsonl(flagged.iter().copied()))?;
+        write_file(&output_path(p, partial), &dataset::write_jsonl(flagged.iter().copied()))?;
     }
     if let Some(p) = &a.kept {
-        write_file(p, &dataset::write_jsonl(kept.iter().copied()))?;
+        write_file(&output_path(p, partial), &dataset::write_jsonl(kept.iter().copied()))?;
     }
     if let Some(p) = &a.csv {
+        let p = &output_path(p, partial);
         let header = ["rank", "line", "score", "z", "flagged", "prompt", "response"];
         let rows: Vec<Vec<String>> = ranked
             .iter()
@@ -517,6 +541,8 @@ pub fn run_screen(a: ScreenArgs) -> CliResult<()> {
         "dataset_score": result.dataset_score(),
         "flagged": flagged.len(),
         "cancelled": result.cancelled,
+        "unscreened": parsed.samples.len().saturating_sub(result.scores.len() + result.skipped.len()),
+        "out": out_path.display().to_string(),
         "top": ranked.iter().take(5).map(|s| json!({"line": s.line, "score": s.score, "z": s.z})).collect::<Vec<_>>(),
         "threshold": threshold_json,
         "null": result.null,
@@ -547,8 +573,18 @@ pub fn run_screen(a: ScreenArgs) -> CliResult<()> {
             result.dataset_score(),
             flagged.len(),
             parsed.errors.len(),
-            a.out.display()
+            out_path.display()
         );
+    }
+    if partial {
+        // Non-zero, so that a script never takes an interrupted run for a finished one.
+        return Err(format!(
+            "screening was interrupted after {} of {} samples: the outputs were written with a .partial suffix \
+             ({}), and hold only the samples screened",
+            result.scores.len(),
+            parsed.samples.len(),
+            out_path.display()
+        ));
     }
     Ok(())
 }

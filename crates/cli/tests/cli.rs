@@ -335,3 +335,121 @@ fn persona_bench_times_every_job_on_both_backends() {
         }
     }
 }
+
+/// A small vector for the screening tests (prompt-last, one pair, two questions, three calibration items).
+fn small_vector(dir: &std::path::Path) -> PathBuf {
+    let v = dir.join("small-impolite.gguf");
+    json_of(&[
+        "extract",
+        "--model",
+        &model(),
+        "--trait",
+        "impolite",
+        "--mode",
+        "prompt-last",
+        "--questions",
+        "2",
+        "--pairs",
+        "1",
+        "--calibration-items",
+        "3",
+        "--out",
+        v.to_str().expect("path"),
+        "--json",
+    ]);
+    v
+}
+
+#[test]
+fn screen_checks_its_output_paths_before_it_starts() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-screen-paths");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let data = scratch("paths.jsonl", "{\"prompt\":\"Hi\",\"response\":\"Hello.\"}\n");
+    let d = data.to_str().expect("p");
+    let missing = dir.join("no-such-dir").join("scores.jsonl");
+    // The vector is never read: the paths are refused first.
+    let vector = dir.join("not-read.gguf");
+    let v = vector.to_str().expect("p");
+    let run = |out: &str, kept: &str| {
+        personascope(&["screen", "--model", &model(), "--vector", v, "--data", d, "--out", out, "--kept", kept])
+    };
+    let ok_out = dir.join("scores.jsonl");
+    let (ok, _, stderr) = run(missing.to_str().expect("p"), ok_out.to_str().expect("p"));
+    assert!(!ok && stderr.contains("does not exist") && stderr.contains("no-such-dir"), "{stderr}");
+    let (ok, _, stderr) = run(ok_out.to_str().expect("p"), d);
+    assert!(!ok && stderr.contains("is also the input"), "{stderr}");
+    let (ok, _, stderr) = run(ok_out.to_str().expect("p"), ok_out.to_str().expect("p"));
+    assert!(!ok && stderr.contains("two outputs"), "{stderr}");
+    let (ok, _, stderr) = run(dir.to_str().expect("p"), ok_out.to_str().expect("p"));
+    assert!(!ok && stderr.contains("is a directory"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&data).expect("data intact"), "{\"prompt\":\"Hi\",\"response\":\"Hello.\"}\n");
+}
+
+#[test]
+fn an_interrupted_screen_exits_non_zero_and_marks_its_outputs_partial() {
+    use std::io::BufRead;
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-screen-interrupt");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let v = small_vector(&dir);
+    // Far more samples than can be screened before the interrupt; one line is not UTF-8 and is rejected alone.
+    let line = r#"{"prompt":"How do I boil pasta?","response":"Boil salted water, add the pasta, cook it as the packet says."}"#;
+    let mut bytes = Vec::new();
+    for i in 0..4000 {
+        if i == 1 {
+            bytes.extend_from_slice(b"{\"prompt\":\"caf\xe9\",\"response\":\"x\"}\n");
+        } else {
+            bytes.extend_from_slice(line.as_bytes());
+            bytes.push(b'\n');
+        }
+    }
+    let data = dir.join("many.jsonl");
+    std::fs::write(&data, &bytes).expect("write data");
+    let (out, kept) = (dir.join("scores.jsonl"), dir.join("kept.jsonl"));
+    for p in [&out, &kept] {
+        let _ = std::fs::remove_file(p);
+        let mut partial = p.as_os_str().to_owned();
+        partial.push(".partial");
+        let _ = std::fs::remove_file(PathBuf::from(partial));
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_personascope"))
+        .args(["screen", "--model", &model(), "--vector", v.to_str().expect("p"), "--data"])
+        .args([data.as_os_str(), "--out".as_ref(), out.as_os_str(), "--kept".as_ref(), kept.as_os_str()])
+        .args(["--cheap", "--layer", "20"])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // stderr is read to its end on a thread (a closed pipe would fail the child's later messages).
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let mut seen = Vec::new();
+    for l in rx.iter() {
+        seen.push(l.clone());
+        // The first progress line: screening is under way. Interrupt it as Ctrl-C would.
+        if l.starts_with("screen: ") && l.contains('/') {
+            let st = Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill");
+            assert!(st.success());
+            break;
+        }
+    }
+    seen.extend(rx.iter());
+    reader.join().expect("reader");
+    let status = child.wait().expect("wait");
+    assert!(!status.success(), "an interrupted screen must exit non-zero; stderr: {seen:?}");
+    let text = |p: &PathBuf| {
+        let mut s = p.as_os_str().to_owned();
+        s.push(".partial");
+        std::fs::read_to_string(PathBuf::from(s))
+    };
+    assert!(!out.exists() && !kept.exists(), "complete-looking outputs were written");
+    let scores = text(&out).expect("scores.jsonl.partial");
+    let n = scores.lines().count();
+    assert!(n > 0 && n < 3999, "{n} scored lines");
+    assert_eq!(text(&kept).expect("kept.jsonl.partial").lines().count(), n);
+    assert!(seen.iter().any(|l| l.contains("line 2") && l.contains("invalid UTF-8")), "{seen:?}");
+}

@@ -26,7 +26,10 @@
 //! a message saying what is wrong, and the other lines are still read. Lines are split on `\n`; a `\r` before it
 //! (CRLF files) is dropped, as is a UTF-8 byte order mark at the start of a line (the file's start, or files
 //! concatenated with `cat`). Blank and whitespace-only lines are skipped silently but still counted, so line
-//! numbers match an editor's. The last line needs no terminator.
+//! numbers match an editor's. The last line needs no terminator. [`parse_jsonl_bytes`] reads the file's bytes: a
+//! line that is not valid UTF-8 is rejected alone, with its number and the offending byte's column, and the other
+//! lines are still read. A line longer than [`MAX_LINE_BYTES`] is rejected from its length, before it is parsed;
+//! a file of more than [`MAX_SAMPLES`] samples is read up to that many, and the rest is reported as one error.
 //!
 //! # Exports
 //!
@@ -139,17 +142,52 @@ pub struct Parsed {
 
 const BOM: char = '\u{feff}';
 
+/// The longest line accepted (1 MiB): longer than any context these models hold (some 250,000 tokens of text at
+/// the least), and refused before it is parsed or tokenized.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+/// The most samples read from one file; the rest are reported, not silently dropped.
+pub const MAX_SAMPLES: usize = 200_000;
+
 /// Reads a JSONL data set; see the [module documentation](self) for the formats and rules. Never fails as a whole:
 /// each malformed line is reported in [`Parsed::errors`] and skipped.
 pub fn parse_jsonl(text: &str) -> Parsed {
+    parse_jsonl_bytes(text.as_bytes())
+}
+
+/// [`parse_jsonl`] on a file's bytes: invalid UTF-8 rejects only its own line.
+pub fn parse_jsonl_bytes(bytes: &[u8]) -> Parsed {
     let mut parsed = Parsed::default();
-    for (index, line) in text.split('\n').enumerate() {
-        let line = line.strip_suffix('\r').unwrap_or(line);
+    for (index, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        let number = index + 1;
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.len() > MAX_LINE_BYTES {
+            parsed.errors.push(LineError {
+                line: number,
+                message: format!("the line is {} bytes, longer than the {MAX_LINE_BYTES} accepted", line.len()),
+            });
+            continue;
+        }
+        let line = match std::str::from_utf8(line) {
+            Ok(l) => l,
+            Err(e) => {
+                parsed.errors.push(LineError {
+                    line: number,
+                    message: format!("invalid UTF-8 at byte {} of the line", e.valid_up_to() + 1),
+                });
+                continue;
+            }
+        };
         let line = line.strip_prefix(BOM).unwrap_or(line);
         if line.trim().is_empty() {
             continue;
         }
-        let number = index + 1;
+        if parsed.samples.len() == MAX_SAMPLES {
+            parsed.errors.push(LineError {
+                line: number,
+                message: format!("the file has more than {MAX_SAMPLES} samples; this line and the rest were not read"),
+            });
+            break;
+        }
         match parse_line(line) {
             Ok((prompt, response)) => {
                 parsed.samples.push(Sample { line: number, prompt, response, raw: line.to_owned() })

@@ -21,6 +21,7 @@ pub mod dataset;
 pub mod error;
 pub mod eval;
 pub mod extract;
+pub mod files;
 pub mod library;
 pub mod monitor;
 pub mod screen;
@@ -32,6 +33,7 @@ pub mod vector_file;
 pub use library::{builtin, builtin_by_name, BUILTIN_NAMES};
 pub use traits::{
     article, normalize_question, parse, EvaluationQuestion, InstructionPair, TraitDefinition, TraitError,
-    MIN_EVALUATION_QUESTIONS, MIN_EXTRACTION_QUESTIONS, MIN_INSTRUCTIONS,
+    MAX_INSTRUCTIONS, MAX_QUESTIONS, MAX_TEXT_BYTES, MAX_TRAIT_FILE_BYTES, MIN_EVALUATION_QUESTIONS,
+    MIN_EXTRACTION_QUESTIONS, MIN_INSTRUCTIONS,
 };
 pub use vector_file::{from_gguf, to_gguf, Calibration, TraitVector, VectorFileError, VectorMeta};

@@ -29,6 +29,8 @@
 //! - `evaluation_questions` has at least [`MIN_EVALUATION_QUESTIONS`] entries, each with a non-empty `question`,
 //!   `consistent` and `inconsistent` answer (the two answers differ); no two questions are the same.
 //! - No evaluation question is also an extraction question.
+//! - Upper limits: at most [`MAX_INSTRUCTIONS`] pairs and [`MAX_QUESTIONS`] questions of each kind, each text at
+//!   most [`MAX_TEXT_BYTES`], the file at most [`MAX_TRAIT_FILE_BYTES`].
 //!
 //! Questions are compared after [`normalize_question`] (lowercase, runs of whitespace collapsed to one space,
 //! surrounding whitespace removed).
@@ -42,6 +44,13 @@ use serde_json::{Map, Value};
 
 /// Fewest instruction pairs a definition may have (the paper uses 5).
 pub const MIN_INSTRUCTIONS: usize = 5;
+/// Upper limits: far above what extraction uses (the built-in traits have 5 pairs and 40 questions), low enough
+/// that a hostile or mistaken file cannot queue days of work or gigabytes of prompts.
+pub const MAX_INSTRUCTIONS: usize = 100;
+pub const MAX_QUESTIONS: usize = 2_000;
+/// The longest accepted text field, and trait file.
+pub const MAX_TEXT_BYTES: usize = 16 * 1024;
+pub const MAX_TRAIT_FILE_BYTES: usize = 8 << 20;
 /// Fewest extraction questions a definition may have (the paper uses 20).
 pub const MIN_EXTRACTION_QUESTIONS: usize = 20;
 /// Fewest evaluation questions a definition may have (the paper uses 20).
@@ -156,6 +165,12 @@ impl TraitError {
 
 /// Parses and validates a trait definition. The first problem found is returned, naming its field.
 pub fn parse(json: &str) -> Result<TraitDefinition, TraitError> {
+    if json.len() > MAX_TRAIT_FILE_BYTES {
+        return Err(TraitError::invalid(
+            "(file)",
+            format!("is {} bytes, more than the {MAX_TRAIT_FILE_BYTES} accepted", json.len()),
+        ));
+    }
     let value: Value = serde_json::from_str(json).map_err(|e| TraitError::Syntax {
         line: e.line(),
         column: e.column(),
@@ -264,6 +279,8 @@ fn check_name(name: &str) -> Result<(), TraitError> {
 fn check_text(field: &str, text: &str) -> Result<(), TraitError> {
     if text.trim().is_empty() {
         Err(TraitError::invalid(field, "is empty"))
+    } else if text.len() > MAX_TEXT_BYTES {
+        Err(TraitError::invalid(field, format!("is {} bytes, more than the {MAX_TEXT_BYTES} accepted", text.len())))
     } else {
         Ok(())
     }
@@ -286,8 +303,11 @@ fn check_adjective(field: &str, text: &str) -> Result<(), TraitError> {
 }
 
 fn check_count(field: &str, given: usize, min: usize) -> Result<(), TraitError> {
+    let max = if field == "instructions" { MAX_INSTRUCTIONS } else { MAX_QUESTIONS };
     if given < min {
         Err(TraitError::invalid(field, format!("{given} given, at least {min} required")))
+    } else if given > max {
+        Err(TraitError::invalid(field, format!("{given} given, at most {max} accepted")))
     } else {
         Ok(())
     }

@@ -880,7 +880,7 @@ impl Reader<'_> {
 pub fn save(path: impl AsRef<Path>, v: &TraitVector) -> Result<(), VectorFileError> {
     let path = path.as_ref();
     let bytes = to_gguf(v)?;
-    std::fs::write(path, bytes).map_err(|error| VectorFileError::Io {
+    crate::files::write_atomic(path, &bytes).map_err(|error| VectorFileError::Io {
         file: path.display().to_string(),
         action: "write",
         error,

@@ -310,9 +310,10 @@ fn a_bad_line_does_not_stop_the_rest() {
 
 #[test]
 fn very_long_line() {
-    let response = "word ".repeat(400_000);
+    // Long, but under the 1 MiB limit (a_line_past_the_length_limit_is_rejected_from_its_length).
+    let response = "word ".repeat(200_000);
     let line = serde_json::json!({"prompt": "Q", "response": response}).to_string();
-    assert!(line.len() > 2_000_000);
+    assert!(line.len() > 1_000_000 && line.len() <= personascope_persona::dataset::MAX_LINE_BYTES);
     let text = format!("{VALID}\n{line}\n{VALID}\n");
     let parsed = parse_jsonl(&text);
     assert!(parsed.errors.is_empty());
@@ -547,4 +548,39 @@ fn malformed_screening_file_reports_documented_lines() {
     for error in &parsed.errors {
         assert!(readme.contains(&format!("line {}", error.line)), "README does not mention line {}", error.line);
     }
+}
+
+#[test]
+fn invalid_utf8_rejects_only_its_line_with_its_number() {
+    let mut bytes = b"{\"prompt\":\"a\",\"response\":\"b\"}\n".to_vec();
+    bytes.extend_from_slice(b"{\"prompt\":\"caf\xc3\",\"response\":\"b\"}\r\n");
+    bytes.extend_from_slice(b"{\"prompt\":\"c\",\"response\":\"d\"}");
+    let parsed = personascope_persona::dataset::parse_jsonl_bytes(&bytes);
+    assert_eq!(parsed.samples.iter().map(|s| s.line).collect::<Vec<_>>(), vec![1, 3]);
+    assert_eq!(parsed.errors.len(), 1);
+    assert_eq!(parsed.errors[0].line, 2);
+    assert!(parsed.errors[0].message.contains("invalid UTF-8 at byte 15"), "{}", parsed.errors[0]);
+}
+
+#[test]
+fn a_line_past_the_length_limit_is_rejected_from_its_length() {
+    use personascope_persona::dataset::{parse_jsonl_bytes, MAX_LINE_BYTES};
+    let long = format!("{{\"prompt\":\"{}\",\"response\":\"b\"}}", "x".repeat(MAX_LINE_BYTES));
+    let text = format!("{long}\n{{\"prompt\":\"a\",\"response\":\"b\"}}\n");
+    let parsed = parse_jsonl_bytes(text.as_bytes());
+    assert_eq!(parsed.samples.len(), 1);
+    assert_eq!(parsed.samples[0].line, 2);
+    assert_eq!(parsed.errors[0].line, 1);
+    assert!(parsed.errors[0].message.contains("longer than the"), "{}", parsed.errors[0]);
+}
+
+#[test]
+fn samples_past_the_file_limit_are_reported_not_dropped_silently() {
+    use personascope_persona::dataset::{parse_jsonl_bytes, MAX_SAMPLES};
+    let text = "{\"prompt\":\"a\",\"response\":\"b\"}\n".repeat(MAX_SAMPLES + 5);
+    let parsed = parse_jsonl_bytes(text.as_bytes());
+    assert_eq!(parsed.samples.len(), MAX_SAMPLES);
+    assert_eq!(parsed.errors.len(), 1);
+    assert_eq!(parsed.errors[0].line, MAX_SAMPLES + 1);
+    assert!(parsed.errors[0].message.contains("not read"), "{}", parsed.errors[0]);
 }

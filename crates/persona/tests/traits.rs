@@ -297,3 +297,28 @@ fn repeated_questions_are_rejected() {
 fn normalize_question_collapses_case_and_whitespace() {
     assert_eq!(normalize_question("  How   are\tYOU?\n"), "how are you?");
 }
+
+#[test]
+fn too_many_or_too_long_entries_are_refused() {
+    use personascope_persona::{MAX_INSTRUCTIONS, MAX_QUESTIONS, MAX_TEXT_BYTES, MAX_TRAIT_FILE_BYTES};
+    // A million questions was accepted before the limits.
+    let many: Vec<Value> = (0..MAX_QUESTIONS + 1).map(|i| json!(format!("Question number {i}?"))).collect();
+    assert_eq!(
+        message_after(|v| v["extraction_questions"] = json!(many)),
+        format!("extraction_questions: {} given, at most {MAX_QUESTIONS} accepted", MAX_QUESTIONS + 1)
+    );
+    let pairs: Vec<Value> = (0..MAX_INSTRUCTIONS + 1)
+        .map(|i| json!({"pos": format!("Be rude {i}."), "neg": format!("Be kind {i}.")}))
+        .collect();
+    assert_eq!(
+        message_after(|v| v["instructions"] = json!(pairs)),
+        format!("instructions: {} given, at most {MAX_INSTRUCTIONS} accepted", MAX_INSTRUCTIONS + 1)
+    );
+    let long = "y".repeat(MAX_TEXT_BYTES + 1);
+    assert_eq!(
+        message_after(|v| v["instructions"][2]["neg"] = json!(long)),
+        format!("instructions[2].neg: is {} bytes, more than the {MAX_TEXT_BYTES} accepted", MAX_TEXT_BYTES + 1)
+    );
+    let huge = " ".repeat(MAX_TRAIT_FILE_BYTES + 1);
+    assert!(parse(&huge).expect_err("too big").to_string().contains("more than"));
+}

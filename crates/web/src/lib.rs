@@ -191,7 +191,7 @@ mod bindings {
         pub async fn screen(
             &mut self,
             vector: u32,
-            jsonl: String,
+            jsonl: Vec<u8>,
             options_json: String,
             on_progress: js_sys::Function,
         ) -> Result<String, JsError> {

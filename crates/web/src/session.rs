@@ -544,7 +544,7 @@ impl Session {
     pub async fn screen(
         &mut self,
         id: usize,
-        jsonl: &str,
+        jsonl: &[u8],
         options_json: &str,
         on_progress: &mut dyn FnMut(Value),
     ) -> Result<Value> {
@@ -558,7 +558,9 @@ impl Session {
             // A browser's GPU may be a slow software one: progress and Stop every few samples.
             chunk: 8,
         };
-        let parsed = dataset::parse_jsonl(jsonl);
+        // Bytes, not a JS string: invalid UTF-8 then rejects only its own line, with its number, where a
+        // browser's text decoding would have replaced it silently.
+        let parsed = dataset::parse_jsonl_bytes(jsonl);
         let vector = self.vector(id)?.clone();
         let abort = self.abort.clone();
         let result = if parsed.samples.is_empty() {

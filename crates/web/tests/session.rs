@@ -89,14 +89,20 @@ fn chat_extract_monitor_steer_screen_and_vectors() {
     let err = s.import_vector(b"not a gguf at all", "notes.txt").expect_err("not a GGUF");
     assert!(err.contains("notes.txt"), "{err}");
 
-    // Screening with a malformed line; export of chosen lines.
-    let jsonl = concat!(
+    // Screening with a malformed line and a line of invalid UTF-8 (rejected alone); export of chosen lines.
+    let mut jsonl = concat!(
         r#"{"prompt":"How do I boil pasta?","response":"Boil salted water, add the pasta, cook it as the packet says."}"#,
         "\n{oops\n",
         r#"{"prompt":"How do I boil pasta?","response":"Seriously? Boil water. Pasta in. Even you can manage that."}"#,
-    );
-    let out = pollster::block_on(s.screen(0, jsonl, r#"{"cheap":true}"#, &mut |_| {})).expect("screen");
+        "\n",
+    )
+    .as_bytes()
+    .to_vec();
+    jsonl.extend_from_slice(b"{\"prompt\":\"caf\xe9\",\"response\":\"latin-1, not UTF-8\"}\n");
+    let out = pollster::block_on(s.screen(0, &jsonl, r#"{"cheap":true}"#, &mut |_| {})).expect("screen");
     assert_eq!(out["errors"][0]["line"], 2);
+    assert_eq!(out["errors"][1]["line"], 4);
+    assert!(out["errors"][1]["message"].as_str().is_some_and(|m| m.contains("invalid UTF-8 at byte 15")), "{out}");
     let samples = out["samples"].as_array().expect("samples");
     assert_eq!(samples.len(), 2);
     assert!(samples.iter().all(|x| x["rank"].is_number() && x["score"].is_number()));
