@@ -23,8 +23,8 @@ fn main() {
     println!("version {} alignment {} data at {}", g.version, g.alignment, g.data_offset);
     for (k, v) in &g.metadata {
         match v {
-            Value::Array(t, items) => {
-                println!("{k}: [{}; {}] {:?}", t.name(), items.len(), &items[..items.len().min(5)])
+            Value::Array(a) => {
+                println!("{k}: [{}; {}] {:?}", a.elem_type().name(), a.len(), a.values().take(5).collect::<Vec<_>>())
             }
             Value::String(s) if s.len() > 200 => {
                 println!("{k}: {:?}... ({} chars)", &s[..200], s.len())

@@ -16,7 +16,7 @@ pub use error::GgufError;
 pub use quant::{dequantize, dot_f32, dot_row, QK_K};
 pub use reader::{Gguf, TensorInfo, GGML_MAX_DIMS};
 pub use types::GgmlType;
-pub use value::{Value, ValueType};
+pub use value::{Array, Strings, Value, ValueType};
 pub use writer::GgufWriter;
 
 /// The four bytes every GGUF file starts with.

@@ -1,6 +1,6 @@
 //! The GGUF reader: header, metadata, tensor table, and borrowed tensor data.
 
-use crate::value::{Value, ValueType};
+use crate::value::{Array, Strings, Value, ValueType};
 use crate::{GgmlType, GgufError, DEFAULT_ALIGNMENT, MAGIC};
 use std::collections::HashMap;
 
@@ -145,11 +145,56 @@ impl<'a> Cursor<'a> {
                 let count_what = || format!("array length of metadata key `{key}`");
                 let count = self.u64(&count_what)?;
                 self.check_count(count, elem.min_bytes(), &count_what)?;
-                let mut items = Vec::with_capacity(count as usize);
+                Value::Array(self.array_of(key, elem, count as usize, depth)?)
+            }
+        })
+    }
+}
+
+impl Cursor<'_> {
+    /// `count` elements of type `elem` (already checked to fit the remaining bytes), into a typed vector.
+    fn array_of(&mut self, key: &str, elem: ValueType, count: usize, depth: usize) -> Result<Array, GgufError> {
+        let what = || format!("value of metadata key `{key}`");
+        macro_rules! scalars {
+            ($variant:ident, $t:ty, $n:literal) => {{
+                let raw = self.take(count as u64 * $n, &what)?;
+                Array::$variant(
+                    raw.chunks_exact($n).map(|c| <$t>::from_le_bytes(c.try_into().unwrap_or([0; $n]))).collect(),
+                )
+            }};
+        }
+        Ok(match elem {
+            ValueType::U8 => Array::U8(self.take(count as u64, &what)?.to_vec()),
+            ValueType::I8 => Array::I8(self.take(count as u64, &what)?.iter().map(|&b| b as i8).collect()),
+            ValueType::Bool => Array::Bool(self.take(count as u64, &what)?.iter().map(|&b| b != 0).collect()),
+            ValueType::U16 => scalars!(U16, u16, 2),
+            ValueType::I16 => scalars!(I16, i16, 2),
+            ValueType::U32 => scalars!(U32, u32, 4),
+            ValueType::I32 => scalars!(I32, i32, 4),
+            ValueType::F32 => scalars!(F32, f32, 4),
+            ValueType::U64 => scalars!(U64, u64, 8),
+            ValueType::I64 => scalars!(I64, i64, 8),
+            ValueType::F64 => scalars!(F64, f64, 8),
+            ValueType::String => {
+                let mut strings = Strings::with_capacity(count);
                 for _ in 0..count {
-                    items.push(self.value(key, elem, depth + 1)?);
+                    let start = self.pos as u64;
+                    let len = self.u64(&what)?;
+                    let raw = self.take(len, &what)?;
+                    let s = std::str::from_utf8(raw).map_err(|_| GgufError::BadUtf8 { what: what(), offset: start })?;
+                    strings.push(s);
                 }
-                Value::Array(elem, items)
+                Array::String(strings)
+            }
+            ValueType::Array => {
+                let mut items = Vec::with_capacity(count);
+                for _ in 0..count {
+                    match self.value(key, ValueType::Array, depth + 1)? {
+                        Value::Array(a) => items.push(a),
+                        _ => return Err(GgufError::NestingTooDeep { key: key.to_string(), depth: depth + 1 }),
+                    }
+                }
+                Array::Array(items)
             }
         })
     }
@@ -324,8 +369,10 @@ impl<'a> Gguf<'a> {
     /// A required array of strings.
     pub fn get_str_array(&self, key: &str) -> Result<Vec<&str>, GgufError> {
         let v = self.require(key)?;
-        let items = v.as_array().ok_or_else(|| Self::wrong(key, "array of strings", v))?;
-        items.iter().map(|i| i.as_str().ok_or_else(|| Self::wrong(key, "array of strings", v))).collect()
+        match v.as_array() {
+            Some(Array::String(items)) => Ok(items.iter().collect()),
+            _ => Err(Self::wrong(key, "array of strings", v)),
+        }
     }
 
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {

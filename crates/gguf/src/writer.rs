@@ -1,7 +1,7 @@
 //! The GGUF writer (version 3, little-endian). Used for test fixtures and for control-vector files.
 
 use crate::reader::{GGML_MAX_DIMS, MAX_ALIGNMENT};
-use crate::value::{Value, ValueType};
+use crate::value::{Array, Value};
 use crate::{GgmlType, GgufError, DEFAULT_ALIGNMENT, MAGIC};
 
 struct PendingTensor {
@@ -148,21 +148,45 @@ fn write_value(out: &mut Vec<u8>, key: &str, v: &Value) -> Result<(), GgufError>
         Value::F64(x) => out.extend_from_slice(&x.to_le_bytes()),
         Value::Bool(x) => out.push(u8::from(*x)),
         Value::String(s) => write_str(out, s),
-        Value::Array(elem, items) => {
-            if *elem == ValueType::Array && items.iter().any(|i| matches!(i, Value::Array(ValueType::Array, _))) {
-                return Err(GgufError::NestingTooDeep { key: key.to_string(), depth: 3 });
+        Value::Array(a) => write_array(out, key, a, 0)?,
+    }
+    Ok(())
+}
+
+fn write_array(out: &mut Vec<u8>, key: &str, a: &Array, depth: usize) -> Result<(), GgufError> {
+    // The reader accepts one level of nesting (an array of arrays of scalars); refuse what it would refuse.
+    if depth >= 1 && matches!(a, Array::Array(_)) {
+        return Err(GgufError::NestingTooDeep { key: key.to_string(), depth: depth + 2 });
+    }
+    out.extend_from_slice(&(a.elem_type() as u32).to_le_bytes());
+    out.extend_from_slice(&(a.len() as u64).to_le_bytes());
+    macro_rules! le {
+        ($v:expr) => {
+            for x in $v {
+                out.extend_from_slice(&x.to_le_bytes());
             }
-            if let Some(bad) = items.iter().find(|i| i.value_type() != *elem) {
-                return Err(GgufError::Writer(format!(
-                    "metadata key `{key}`: array of {} holds a {}",
-                    elem.name(),
-                    bad.value_type().name()
-                )));
+        };
+    }
+    match a {
+        Array::U8(v) => out.extend_from_slice(v),
+        Array::I8(v) => out.extend(v.iter().map(|&x| x as u8)),
+        Array::Bool(v) => out.extend(v.iter().map(|&x| u8::from(x))),
+        Array::U16(v) => le!(v),
+        Array::I16(v) => le!(v),
+        Array::U32(v) => le!(v),
+        Array::I32(v) => le!(v),
+        Array::F32(v) => le!(v),
+        Array::U64(v) => le!(v),
+        Array::I64(v) => le!(v),
+        Array::F64(v) => le!(v),
+        Array::String(v) => {
+            for s in v.iter() {
+                write_str(out, s);
             }
-            out.extend_from_slice(&(*elem as u32).to_le_bytes());
-            out.extend_from_slice(&(items.len() as u64).to_le_bytes());
-            for item in items {
-                write_value(out, key, item)?;
+        }
+        Array::Array(v) => {
+            for inner in v {
+                write_array(out, key, inner, depth + 1)?;
             }
         }
     }

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use personascope_gguf::{GgmlType, Gguf, GgufWriter, Value, ValueType};
+use personascope_gguf::{Array, GgmlType, Gguf, GgufWriter, Value};
 use std::path::PathBuf;
 
 fn seeds() -> Vec<(&'static str, Vec<u8>)> {
@@ -26,15 +26,9 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         .set("a.u64", Value::U64(1 << 33))
         .set("a.i64", Value::I64(-1))
         .set("a.f64", Value::F64(0.5))
-        .set("a.tokens", Value::Array(ValueType::String, vec![s("<s>"), s("é"), s("")]))
-        .set("a.scores", Value::Array(ValueType::F32, vec![Value::F32(0.0), Value::F32(-1.0)]))
-        .set(
-            "a.nested",
-            Value::Array(
-                ValueType::Array,
-                vec![Value::Array(ValueType::I32, vec![Value::I32(1)]), Value::Array(ValueType::Bool, vec![])],
-            ),
-        );
+        .set("a.tokens", Value::Array(Array::String(["<s>", "é", ""].into_iter().collect())))
+        .set("a.scores", Value::Array(Array::F32(vec![0.0, -1.0])))
+        .set("a.nested", Value::Array(Array::Array(vec![Array::I32(vec![1]), Array::Bool(vec![])])));
     out.push(("metadata_all_types.gguf", w.to_bytes().unwrap()));
 
     // F32 and Q8_0 tensors, default alignment.

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use personascope_gguf::{GgmlType, Gguf, GgufError, GgufWriter, Value, ValueType, GGML_MAX_DIMS};
+use personascope_gguf::{Array, GgmlType, Gguf, GgufError, GgufWriter, Value, ValueType, GGML_MAX_DIMS};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
@@ -243,7 +243,7 @@ fn absurd_array_length() {
     for (elem, min) in [(ValueType::U8, 1u64), (ValueType::U32, 4), (ValueType::String, 8), (ValueType::Array, 12)] {
         for count in [u64::MAX, 1 << 40] {
             let mut w = GgufWriter::new();
-            w.set("arr", Value::Array(elem, vec![])).set("after", Value::U32(1));
+            w.set("arr", Value::Array(Array::empty(elem))).set("after", Value::U32(1));
             let mut b = w.to_bytes().unwrap();
             let count_at = kv_type_at(&b, "arr") + 8;
             put_u64(&mut b, count_at, count);
@@ -375,10 +375,7 @@ fn nested_arrays_too_deep() {
     assert_eq!(err(&b), GgufError::NestingTooDeep { key: "deep".into(), depth: 3 });
 
     // The writer refuses the same structure.
-    let v = Value::Array(
-        ValueType::Array,
-        vec![Value::Array(ValueType::Array, vec![Value::Array(ValueType::U8, vec![Value::U8(1)])])],
-    );
+    let v = Value::Array(Array::Array(vec![Array::Array(vec![Array::U8(vec![1])])]));
     let mut w = GgufWriter::new();
     w.set("deep", v);
     assert_eq!(w.to_bytes().unwrap_err(), GgufError::NestingTooDeep { key: "deep".into(), depth: 3 });
@@ -395,10 +392,7 @@ fn nested_arrays_too_deep() {
     // Two levels are fine.
     let b = file_with_raw_value("ok", ARRAY, &raw_array(ARRAY, 1, &raw_array(ValueType::U8 as u32, 1, &[9])));
     let g = Gguf::parse(&b).unwrap();
-    assert_eq!(
-        g.get("ok"),
-        Some(&Value::Array(ValueType::Array, vec![Value::Array(ValueType::U8, vec![Value::U8(9)])]))
-    );
+    assert_eq!(g.get("ok"), Some(&Value::Array(Array::Array(vec![Array::U8(vec![9])]))));
     assert_eq!(g.get("after"), Some(&Value::String("end".into())));
 }
 

@@ -194,18 +194,11 @@ impl Tokenizer {
                         items.len()
                     )));
                 }
-                items
-                    .iter()
-                    .map(|t| {
-                        let t = match t {
-                            personascope_gguf::Value::I32(x) => i64::from(*x),
-                            other => other.as_u64().and_then(|x| i64::try_from(x).ok()).unwrap_or(-1),
-                        };
-                        match t {
-                            TYPE_CONTROL => Kind::Control,
-                            TYPE_USER_DEFINED => Kind::UserDefined,
-                            _ => Kind::Normal,
-                        }
+                (0..n)
+                    .map(|i| match items.int(i).unwrap_or(-1) {
+                        TYPE_CONTROL => Kind::Control,
+                        TYPE_USER_DEFINED => Kind::UserDefined,
+                        _ => Kind::Normal,
                     })
                     .collect()
             }

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use personascope_gguf::{Gguf, GgufWriter, Value, ValueType};
+use personascope_gguf::{Array, Gguf, GgufWriter, Value};
 use personascope_model::tokenizer::Tokenizer;
 use personascope_model::ModelError;
 
@@ -229,7 +229,7 @@ fn synthetic(model: &str, pre: Option<&str>) -> Vec<u8> {
         tokens.push(t.to_string());
         types.push(ty);
     }
-    let strs = |v: &[String]| Value::Array(ValueType::String, v.iter().cloned().map(Value::String).collect());
+    let strs = |v: &[String]| Value::Array(Array::String(v.iter().collect()));
     let mut w = GgufWriter::new();
     w.set("general.architecture", Value::String("llama".into()));
     w.set("tokenizer.ggml.model", Value::String(model.into()));
@@ -237,7 +237,7 @@ fn synthetic(model: &str, pre: Option<&str>) -> Vec<u8> {
         w.set("tokenizer.ggml.pre", Value::String(pre.into()));
     }
     w.set("tokenizer.ggml.tokens", strs(&tokens));
-    w.set("tokenizer.ggml.token_type", Value::Array(ValueType::I32, types.into_iter().map(Value::I32).collect()));
+    w.set("tokenizer.ggml.token_type", Value::Array(Array::I32(types)));
     w.set("tokenizer.ggml.merges", strs(&["Ġ t".to_string(), "h e".to_string()]));
     w.set("tokenizer.ggml.eos_token_id", Value::U32(258 + 1));
     w.to_bytes().expect("write gguf")

@@ -57,7 +57,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use personascope_gguf::{GgmlType, Gguf, GgufError, GgufWriter, TensorInfo, Value, ValueType};
+use personascope_gguf::{Array, GgmlType, Gguf, GgufError, GgufWriter, TensorInfo, Value};
 
 /// The `personascope.format_version` this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -552,7 +552,7 @@ fn writer_error(e: GgufError) -> VectorFileError {
 }
 
 fn f32_array(values: &[f32]) -> Value {
-    Value::Array(ValueType::F32, values.iter().map(|&x| Value::F32(x)).collect())
+    Value::Array(Array::F32(values.to_vec()))
 }
 
 /// Reads a control-vector GGUF file held in `bytes`; `file` names it in error messages.
@@ -792,7 +792,7 @@ impl Reader<'_> {
 
     fn wrong_type(&self, key: &str, expected: &'static str, v: &Value) -> VectorFileError {
         let found = match v {
-            Value::Array(elem, _) => format!("array of {}", elem.name()),
+            Value::Array(a) => format!("array of {}", a.elem_type().name()),
             _ => v.value_type().name().to_string(),
         };
         VectorFileError::WrongType { file: self.file.into(), key: key.into(), expected, found }
@@ -866,13 +866,10 @@ impl Reader<'_> {
     /// An f32 array, exactly: wider or narrower element types would not round-trip bit for bit.
     fn f32s(&self, key: &str) -> Result<Option<Vec<f32>>, VectorFileError> {
         let Some(v) = self.g.get(key) else { return Ok(None) };
-        let items = match v {
-            Value::Array(ValueType::F32, items) => items,
-            _ => return Err(self.wrong_type(key, "array of f32", v)),
-        };
-        let values =
-            items.iter().map(|i| if let Value::F32(x) = i { Some(*x) } else { None }).collect::<Option<Vec<_>>>();
-        values.map(Some).ok_or_else(|| self.wrong_type(key, "array of f32", v))
+        match v {
+            Value::Array(Array::F32(items)) => Ok(Some(items.clone())),
+            _ => Err(self.wrong_type(key, "array of f32", v)),
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use personascope_gguf::{GgmlType, Gguf, GgufWriter, Value, ValueType};
+use personascope_gguf::{Array, GgmlType, Gguf, GgufWriter, Value};
 use personascope_persona::vector_file::{
     from_gguf, load, save, to_gguf, Calibration, TraitVector, VectorFileError, VectorMeta, FORMAT_VERSION,
     QUANTILE_COUNT,
@@ -167,7 +167,7 @@ fn import_err(bytes: &[u8]) -> VectorFileError {
 }
 
 fn f32_array(values: &[f32]) -> Value {
-    Value::Array(ValueType::F32, values.iter().map(|&x| Value::F32(x)).collect())
+    Value::Array(Array::F32(values.to_vec()))
 }
 
 #[test]
@@ -227,7 +227,7 @@ fn exported_file_is_a_llama_cpp_control_vector() {
     }
     for l in 0..2 {
         let stored = g.get(&format!("personascope.row.{l}")).and_then(Value::as_array).expect("row array");
-        let stored: Vec<f32> = stored.iter().map(|x| x.as_f64().expect("number") as f32).collect();
+        let stored: Vec<f32> = stored.values().map(|x| x.as_f64().expect("number") as f32).collect();
         assert_eq!(bits(&[stored]), bits(&v.rows[l..l + 1]));
     }
 }
@@ -434,7 +434,7 @@ fn bad_metadata() {
         ("personascope.colour", Some(Value::U32(1)), "`personascope.colour` is not part of"),
         ("personascope.note.x", Some(Value::U32(1)), "`personascope.note.x` has type u32"),
         ("personascope.row.1", Some(Value::F32(1.0)), "`personascope.row.1` has type f32"),
-        ("personascope.row.1", Some(Value::Array(ValueType::F64, vec![Value::F64(1.0); 4])), "array of f64"),
+        ("personascope.row.1", Some(Value::Array(Array::F64(vec![1.0; 4]))), "array of f64"),
         ("personascope.row.0", Some(f32_array(&[0.0, f32::NAN, 0.0, 0.0])), "`personascope.row.0`: value 1"),
         ("personascope.alpha", Some(Value::F32(f32::INFINITY)), "`personascope.alpha`: inf"),
         ("personascope.calibration.token_mean", Some(f32_array(&[0.0; 5])), "token_mean`: 5 values"),

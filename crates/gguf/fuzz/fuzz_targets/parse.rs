@@ -128,8 +128,8 @@ fn same(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::F32(x), Value::F32(y)) => x.to_bits() == y.to_bits(),
         (Value::F64(x), Value::F64(y)) => x.to_bits() == y.to_bits(),
-        (Value::Array(ta, xs), Value::Array(tb, ys)) => {
-            ta == tb && xs.len() == ys.len() && xs.iter().zip(ys).all(|(x, y)| same(x, y))
+        (Value::Array(xs), Value::Array(ys)) => {
+            xs.elem_type() == ys.elem_type() && xs.len() == ys.len() && xs.values().zip(ys.values()).all(|(x, y)| same(&x, &y))
         }
         _ => a == b,
     }

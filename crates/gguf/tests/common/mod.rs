@@ -3,7 +3,7 @@
 //! bytes, so every name used with these helpers must occur exactly once in the file.
 #![allow(dead_code)]
 
-use personascope_gguf::{GgmlType, Gguf, GgufError, GgufWriter, Value, ValueType};
+use personascope_gguf::{Array, GgmlType, Gguf, GgufError, GgufWriter, Value};
 
 /// Size of the fixed header: magic, version, tensor count, metadata count.
 pub const HEADER_LEN: usize = 4 + 4 + 8 + 8;
@@ -175,17 +175,8 @@ pub fn small_valid_file() -> Vec<u8> {
         .set("t.u64", Value::U64(8))
         .set("t.i64", Value::I64(-9))
         .set("t.f64", Value::F64(10.25))
-        .set("t.strs", Value::Array(ValueType::String, vec![Value::String("ab".into()), Value::String(String::new())]))
-        .set(
-            "t.nested",
-            Value::Array(
-                ValueType::Array,
-                vec![
-                    Value::Array(ValueType::U16, vec![Value::U16(1), Value::U16(2)]),
-                    Value::Array(ValueType::U8, vec![]),
-                ],
-            ),
-        );
+        .set("t.strs", Value::Array(Array::String(["ab", ""].into_iter().collect())))
+        .set("t.nested", Value::Array(Array::Array(vec![Array::U16(vec![1, 2]), Array::U8(vec![])])));
     w.add_f32("w.f32", &[4, 2], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]).unwrap();
     w.add_tensor("w.q4", &[32], GgmlType::Q4_0, tensor_bytes(GgmlType::Q4_0, 32, 1)).unwrap();
     let b = w.to_bytes().unwrap();
