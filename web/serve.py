@@ -40,12 +40,20 @@ class Handler(http.server.SimpleHTTPRequestHandler):
     extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, **TYPES}
 
     def end_headers(self):
-        self.send_header("Content-Security-Policy", self.policy)
+        # frame-ancestors only works as a header (browsers ignore it in a <meta> policy): no site may frame the
+        # page (clickjacking its buttons); X-Frame-Options says the same to older browsers.
+        self.send_header("Content-Security-Policy", self.policy + "; frame-ancestors 'none'")
+        self.send_header("X-Frame-Options", "DENY")
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Referrer-Policy", "no-referrer")
         # Revalidate the page's own files (a rebuild must show up), the model is cached by the page itself.
         self.send_header("Cache-Control", "no-cache")
         super().end_headers()
+
+    def list_directory(self, path):
+        # No directory listings: the page's files are known by name, and nothing else should be browsable.
+        self.send_error(404, "Not found")
+        return None
 
     def log_message(self, fmt, *args):
         if self.server.verbose:

@@ -186,6 +186,11 @@ try {
     check(await page.locator('#no-webgpu').isHidden(), 'the "WebGPU is missing" explanation is shown');
     const csp = await page.getAttribute('meta[http-equiv="Content-Security-Policy"]', 'content');
     check(/default-src 'self'/.test(csp) && /script-src 'self' 'wasm-unsafe-eval'/.test(csp), `unexpected CSP ${csp}`);
+    // The server's header adds what a <meta> policy cannot say: no framing. And no directory is listed.
+    const header = (await page.request.get(`${base}/index.html`)).headers()['content-security-policy'] ?? '';
+    check(header.includes("frame-ancestors 'none'"), `the policy header does not forbid framing: ${header}`);
+    const listing = await page.request.get(`${base}/fixtures/`);
+    check(listing.status() === 404, `a directory listing was served (status ${listing.status()})`);
     // Keyboard: Tab reaches the tabs; arrow keys move between them.
     await page.focus('#tab-model');
     await page.keyboard.press('ArrowRight');

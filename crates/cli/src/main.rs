@@ -519,13 +519,26 @@ fn chat(
     loop {
         print!("\n> ");
         let _ = stdout.flush();
-        let mut line = String::new();
-        if stdin.lock().read_line(&mut line).map_err(|e| e.to_string())? == 0 {
+        // Bytes, not a String: a line that is not UTF-8 is refused alone instead of ending the chat.
+        let mut raw = Vec::new();
+        if stdin.lock().read_until(b'\n', &mut raw).map_err(|e| e.to_string())? == 0 {
             println!();
             return Ok(());
         }
+        let line = match String::from_utf8(raw) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!(
+                    "(that line is not valid UTF-8 at byte {}; nothing was sent)",
+                    e.utf8_error().valid_up_to() + 1
+                );
+                continue;
+            }
+        };
         let line = line.trim_end_matches(['\n', '\r']);
-        match line.trim() {
+        const HELP: &str = "/reset  new conversation\n/system TEXT  set the system prompt (starts over)\n/quit  \
+                            leave\n//text  send a message that starts with a slash";
+        let line = match line.trim() {
             "" => continue,
             "/quit" | "/exit" => return Ok(()),
             "/reset" => {
@@ -534,24 +547,37 @@ fn chat(
                 continue;
             }
             "/help" => {
-                println!("/reset  new conversation\n/system TEXT  set the system prompt (starts over)\n/quit  leave");
+                println!("{HELP}");
                 continue;
             }
-            cmd if cmd.starts_with("/system") => {
+            cmd if cmd == "/system" || cmd.starts_with("/system ") => {
                 system = Some(cmd.trim_start_matches("/system").trim().to_string()).filter(|s| !s.is_empty());
                 messages.clear();
                 println!("(system prompt set; new conversation)");
                 continue;
             }
-            _ => {}
-        }
+            cmd if cmd.starts_with("//") => &line[line.find('/').map_or(0, |i| i + 1)..],
+            cmd if cmd.starts_with('/') => {
+                println!("unknown command {cmd:?}; nothing was sent.\n{HELP}");
+                continue;
+            }
+            _ => line,
+        };
         messages.push(Message { role: "user".into(), content: line.to_string() });
         let mut convo = Vec::new();
         if let Some(s) = &system {
             convo.push(Message { role: "system".into(), content: s.clone() });
         }
         convo.extend(messages.iter().cloned());
-        let ids = loaded.encode_prompt(&convo)?;
+        let ids = match loaded.encode_prompt(&convo) {
+            Ok(ids) => ids,
+            Err(e) => {
+                // The conversation stays as it was; the user can /reset or try a shorter message.
+                messages.pop();
+                eprintln!("(not sent: {e})");
+                continue;
+            }
+        };
         let start = Instant::now();
         let mut p = params.clone();
         p.seed = params.seed.wrapping_add(turn);

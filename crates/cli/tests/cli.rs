@@ -453,3 +453,26 @@ fn an_interrupted_screen_exits_non_zero_and_marks_its_outputs_partial() {
     assert_eq!(text(&kept).expect("kept.jsonl.partial").lines().count(), n);
     assert!(seen.iter().any(|l| l.contains("line 2") && l.contains("invalid UTF-8")), "{seen:?}");
 }
+
+#[test]
+fn chat_survives_invalid_utf8_and_answers_unknown_commands_with_help() {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_personascope"))
+        .args(["chat", &model(), "--max-tokens", "2"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn chat");
+    let mut stdin = child.stdin.take().expect("stdin");
+    // Before the fix, the invalid line ended the chat with an error, and "/bogus" went to the model.
+    stdin.write_all(b"/bogus\n\xff\xfe not utf-8\nHello\n/quit\n").expect("write");
+    drop(stdin);
+    let out = child.wait_with_output().expect("chat output");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("unknown command \"/bogus\"") && stdout.contains("/reset"), "{stdout}");
+    assert!(stderr.contains("not valid UTF-8 at byte 1"), "{stderr}");
+    // The chat went on: the next line got a reply.
+    assert!(stderr.contains("(2 tokens,"), "{stderr}");
+}
