@@ -288,8 +288,10 @@ fn load_path(path: &Path) -> CliResult<Model> {
 
 fn read_messages(path: &Path) -> CliResult<Vec<Message>> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    serde_json::from_str(&text)
-        .map_err(|e| format!("{}: expected a JSON array of {{\"role\", \"content\"}} objects: {e}", path.display()))
+    let messages: Vec<Message> = serde_json::from_str(&text)
+        .map_err(|e| format!("{}: expected a JSON array of {{\"role\", \"content\"}} objects: {e}", path.display()))?;
+    personascope_model::chat::check_messages(&messages).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(messages)
 }
 
 fn prompt_ids(template: &ChatTemplate, tokenizer: &Tokenizer, path: &Path) -> CliResult<Vec<u32>> {

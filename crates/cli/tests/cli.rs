@@ -476,3 +476,21 @@ fn chat_survives_invalid_utf8_and_answers_unknown_commands_with_help() {
     // The chat went on: the next line got a reply.
     assert!(stderr.contains("(2 tokens,"), "{stderr}");
 }
+
+#[test]
+fn unknown_roles_and_bad_steering_are_refused_as_the_js_api_refuses_them() {
+    let m = scratch("wizard.json", r#"[{"role":"wizard","content":"hi"}]"#);
+    let (ok, _, stderr) = personascope(&["generate", "--model", &model(), "--messages", m.to_str().expect("p")]);
+    assert!(!ok && stderr.contains("message 0 has role \"wizard\""), "{stderr}");
+    let m = scratch("hi.json", r#"[{"role":"user","content":"hi"}]"#);
+    let (ok, _, stderr) = personascope(&[
+        "generate",
+        "--model",
+        &model(),
+        "--messages",
+        m.to_str().expect("p"),
+        "--steer",
+        "v.gguf:10:1:bogus",
+    ]);
+    assert!(!ok && stderr.contains("positions \"bogus\""), "{stderr}");
+}

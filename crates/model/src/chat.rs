@@ -54,6 +54,23 @@ pub struct Message {
     pub content: String,
 }
 
+/// The roles chat templates know. Any other role would be rendered as if it were one of them (or dropped).
+pub const ROLES: [&str; 3] = ["system", "user", "assistant"];
+
+/// The one check of a conversation's shape, for the CLI, the JS API and the page: not empty, every role one of
+/// [`ROLES`]. The error names the message by its index.
+pub fn check_messages(messages: &[Message]) -> std::result::Result<(), String> {
+    if messages.is_empty() {
+        return Err("messages must not be empty".into());
+    }
+    match messages.iter().enumerate().find(|(_, m)| !ROLES.contains(&m.role.as_str())) {
+        Some((i, m)) => {
+            Err(format!("message {i} has role {:?}; the roles are \"system\", \"user\" and \"assistant\"", m.role))
+        }
+        None => Ok(()),
+    }
+}
+
 impl Message {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
         Message { role: role.into(), content: content.into() }

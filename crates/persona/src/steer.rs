@@ -66,6 +66,11 @@ impl std::str::FromStr for SteerSpec {
             [pos, alpha, layer, path] if pos.parse::<Positions>().is_ok() => {
                 (path.to_string(), *layer, *alpha, pos.parse::<Positions>()?)
             }
+            // Four fields whose last is not a number: it was meant as the positions (not as an alpha after a
+            // path with a colon), so that is what the error is about.
+            [pos, _, _, _] if pos.parse::<f32>().is_err() => {
+                return Err(bad(format!("positions {pos:?} is not all, prompt or response")))
+            }
             [alpha, layer, rest @ ..] if !rest.is_empty() => {
                 let path = rest.iter().rev().copied().collect::<Vec<_>>().join(":");
                 (path, *layer, *alpha, Positions::Response)
@@ -76,12 +81,22 @@ impl std::str::FromStr for SteerSpec {
             return Err(bad("no file".into()));
         }
         let layer = layer.parse::<usize>().map_err(|_| bad(format!("layer {layer:?} is not a number")))?;
-        let alpha = alpha
-            .parse::<f32>()
-            .ok()
-            .filter(|a| a.is_finite())
-            .ok_or_else(|| bad(format!("alpha {alpha:?} is not a finite number")))?;
+        let alpha = alpha.parse::<f32>().map_err(|_| bad(format!("alpha {alpha:?} is not a number")))?;
+        check_alpha(alpha).map_err(|e| bad(e.to_string()))?;
         Ok(SteerSpec { path, layer, alpha, positions })
+    }
+}
+
+/// The largest steering strength accepted. Useful alphas are a few units (times a vector whose norm is about
+/// that of the residual stream); far beyond this the residual is only noise, and alpha x value could overflow.
+pub const MAX_ALPHA: f32 = 1e4;
+
+/// The one check of a steering strength, for the CLI, the JS API and the page alike.
+pub fn check_alpha(alpha: f32) -> Result<()> {
+    if alpha.is_finite() && alpha.abs() <= MAX_ALPHA {
+        Ok(())
+    } else {
+        Err(PersonaError::Input(format!("alpha {alpha} is outside -{MAX_ALPHA}..={MAX_ALPHA}")))
     }
 }
 
@@ -93,6 +108,7 @@ pub fn steering(
     positions: Positions,
     prompt_len: usize,
 ) -> Result<Steering> {
+    check_alpha(alpha)?;
     let row = vector.rows.get(layer).filter(|_| layer > 0).ok_or_else(|| {
         PersonaError::Input(format!(
             "steering layer {layer} out of range (1..={})",

@@ -68,6 +68,10 @@ pub const QUANTILE_COUNT: usize = 21;
 pub const MAX_LAYERS: usize = 512;
 /// Largest row length accepted, for the same reason (real models stay well below).
 pub const MAX_D_MODEL: usize = 32768;
+/// Largest row norm accepted. Extracted directions have norms of about 0.1-100 (residual-stream scale); a row far
+/// beyond this is a broken file, and its products with alphas and residuals would overflow f32 (a row of 3e38
+/// values has an infinite norm: steering with it gave NaN replies, monitoring called it zero).
+pub const MAX_ROW_NORM: f64 = 1e6;
 
 const ARCHITECTURE: &str = "controlvector";
 const LAYER_NUMBERING: &str = "direction.k = residual index k+1 (output of block k, counted from 0); residual rows 0 \
@@ -273,6 +277,8 @@ pub enum VectorFileError {
     BadTensorName { file: String, name: String },
     #[error("{file}: tensor `{name}`: {reason}")]
     BadTensor { file: String, name: String, reason: String },
+    #[error("{file}: residual {row}: {reason}")]
+    BadRow { file: String, row: String, reason: String },
     #[error("{file}: {what} has {found} values, expected {expected} ({why})")]
     LengthMismatch { file: String, what: String, found: usize, expected: usize, why: String },
     #[error("{file}: tensor `{name}` is residual index {index}, beyond the {n_layers} blocks given by controlvector.layer_count")]
@@ -412,6 +418,10 @@ fn check(v: &TraitVector) -> Result<(), Problem> {
         }
         if let Some(i) = row.iter().position(|x| !x.is_finite()) {
             return Err(problem(key, format!("value {i} is {}", row.get(i).copied().unwrap_or(f32::NAN))));
+        }
+        let norm = row.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
+        if norm > MAX_ROW_NORM {
+            return Err(problem(key, format!("its norm {norm:.3e} is above the {MAX_ROW_NORM:e} accepted")));
         }
         // An absent row is not written; a non-zero one would silently change on the way back.
         if !present && row.iter().any(|&x| x != 0.0) {
@@ -663,7 +673,11 @@ pub fn from_gguf(bytes: &[u8], file: &str) -> Result<TraitVector, VectorFileErro
             });
         }
         if let Some(i) = values.iter().position(|x| !x.is_finite()) {
-            return Err(r.bad_value(&what, format!("value {i} is not finite")));
+            let reason = format!("value {i} is not finite");
+            return Err(match what.strip_prefix("tensor `").and_then(|w| w.strip_suffix('`')) {
+                Some(name) => VectorFileError::BadTensor { file: file.into(), name: name.into(), reason },
+                None => r.bad_value(&what, reason),
+            });
         }
         match (rows.get_mut(row), present.get_mut(row), origin.get_mut(row)) {
             (Some(slot), Some(flag), Some(from)) => {
@@ -726,7 +740,11 @@ pub fn from_gguf(bytes: &[u8], file: &str) -> Result<TraitVector, VectorFileErro
         extra,
     };
     let v = TraitVector { rows, present, meta };
-    check(&v).map_err(|p| VectorFileError::BadValue { file: file.into(), key: p.key, reason: p.reason })?;
+    check(&v).map_err(|p| match p.key.starts_with("row ") {
+        // A row may come from a tensor or a metadata array: name the row, not a metadata key.
+        true => VectorFileError::BadRow { file: file.into(), row: p.key, reason: p.reason },
+        false => VectorFileError::BadValue { file: file.into(), key: p.key, reason: p.reason },
+    })?;
     Ok(v)
 }
 

@@ -591,3 +591,38 @@ fn save_and_load() {
     assert!(e.to_string().contains("missing.gguf"), "{e}");
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
+
+#[test]
+fn a_non_finite_tensor_value_names_the_tensor_not_a_metadata_key() {
+    let mut p = llama_cpp_header(3);
+    p.add_f32("direction.1", &[4], &[1.0; 4]).add_f32("direction.2", &[4], &[1.0, f32::NAN, 0.0, 0.0]);
+    let e = import_err(&p.bytes());
+    assert!(matches!(&e, VectorFileError::BadTensor { name, .. } if name == "direction.2"), "{e}");
+    assert!(!e.to_string().contains("metadata key"), "{e}");
+}
+
+#[test]
+fn a_row_whose_norm_overflows_is_refused() {
+    // 3e38 per value: finite, but the norm is not (steering with it gave NaN replies, monitoring called it zero).
+    let mut p = llama_cpp_header(3);
+    p.add_f32("direction.1", &[4], &[1.0; 4]).add_f32("direction.2", &[4], &[3e38; 4]);
+    let e = import_err(&p.bytes());
+    assert!(matches!(&e, VectorFileError::BadRow { .. }), "{e}");
+    assert!(e.to_string().contains("norm") && !e.to_string().contains("metadata key"), "{e}");
+}
+
+#[test]
+fn steering_strengths_are_checked_once_for_every_caller() {
+    use personascope_persona::steer::{check_alpha, SteerSpec, MAX_ALPHA};
+    for bad in [f32::NAN, f32::INFINITY, 1e38, -2.0 * MAX_ALPHA] {
+        assert!(check_alpha(bad).is_err(), "{bad}");
+    }
+    assert!(check_alpha(-4.0).is_ok() && check_alpha(MAX_ALPHA).is_ok());
+    let e = "v.gguf:10:1e38".parse::<SteerSpec>().expect_err("alpha too large").to_string();
+    assert!(e.contains("alpha"), "{e}");
+    // The fourth field is the positions: the error is about it, not about the alpha.
+    let e = "v.gguf:10:1:bogus".parse::<SteerSpec>().expect_err("bad positions").to_string();
+    assert!(e.contains("positions \"bogus\"") && !e.contains("alpha \""), "{e}");
+    let ok = "C:/x/v.gguf:3:-1".parse::<SteerSpec>().expect("a path with a colon");
+    assert_eq!((ok.path.as_str(), ok.layer, ok.alpha), ("C:/x/v.gguf", 3, -1.0));
+}

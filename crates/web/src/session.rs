@@ -231,18 +231,7 @@ impl Session {
     fn messages(messages_json: &str) -> Result<Vec<Message>> {
         let messages: Vec<Message> = serde_json::from_str(messages_json)
             .map_err(|e| format!("messages must be a JSON array of {{\"role\", \"content\"}} objects: {e}"))?;
-        if messages.is_empty() {
-            return Err("messages must not be empty".into());
-        }
-        // The chat templates know these three; any other role would be rendered as if it were one of them.
-        if let Some((i, m)) =
-            messages.iter().enumerate().find(|(_, m)| !matches!(m.role.as_str(), "system" | "user" | "assistant"))
-        {
-            return Err(format!(
-                "message {i} has role {:?}; the roles are \"system\", \"user\" and \"assistant\"",
-                m.role
-            ));
-        }
+        personascope_model::chat::check_messages(&messages)?;
         Ok(messages)
     }
 
