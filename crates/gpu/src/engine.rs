@@ -220,7 +220,9 @@ pub struct GpuModel {
     pub tokenizer: std::sync::Arc<Tokenizer>,
     pub template: ChatTemplate,
     pub name: String,
-    pub options: EngineOptions,
+    /// The sizes the buffers were made for: read-only after load (a larger `max_positions` than the buffers
+    /// hold would pass the engine's room checks and overrun them).
+    pub(crate) options: EngineOptions,
     pub(crate) kernels: Kernels,
     pub(crate) buffers: Buffers,
     embed: (std::sync::Arc<GpuMatrix>, Vec<(Uniform<embed::Params>, wgpu::BindGroup)>),
@@ -276,6 +278,11 @@ fn vector(g: &Gguf, name: &str) -> Result<Vec<f32>> {
 }
 
 impl GpuModel {
+    /// The sizes this engine was loaded with (clamped to the model and the device).
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
+    }
+
     /// Loads a GGUF model (the file's bytes) onto `gpu`. Checks that weights, caches and activations fit the
     /// device's buffer limits before allocating them.
     pub async fn load(gpu: Gpu, file: &[u8], options: EngineOptions) -> Result<Self> {

@@ -221,7 +221,7 @@ impl Session {
             "layers": c.n_layers,
             "width": c.d_model,
             "vocab": c.vocab_size,
-            "max_positions": self.model.options.max_positions,
+            "max_positions": self.model.options().max_positions,
             "gpu_bytes": self.model.gpu_bytes,
             "adapter": self.adapter(),
             "features": { "f16": gpu.caps.f16, "subgroups": gpu.caps.subgroups, "timestamps": gpu.caps.timestamps },
@@ -259,7 +259,7 @@ impl Session {
     }
 
     fn check_prompt(&self, prompt: &[u32]) -> Result<()> {
-        let room = self.model.options.max_positions;
+        let room = self.model.options().max_positions;
         if prompt.len() >= room {
             return Err(format!("the conversation has {} tokens; this engine holds {room}", prompt.len()));
         }
@@ -383,8 +383,8 @@ impl Session {
     /// Monitored traits: `[{vector, layer?}]` (layer defaults to the vector's recommended one).
     pub fn set_monitor(&mut self, json: &str) -> Result<()> {
         let entries: Vec<MonitorEntry> = parse("monitor", json)?;
-        if entries.len() > self.model.options.max_traits {
-            return Err(format!("{} monitored traits; at most {}", entries.len(), self.model.options.max_traits));
+        if entries.len() > self.model.options().max_traits {
+            return Err(format!("{} monitored traits; at most {}", entries.len(), self.model.options().max_traits));
         }
         let readings = entries
             .iter()
