@@ -35,7 +35,7 @@ fn weights(extra: bool) -> Vec<Weight> {
         ("blk.0.ffn_down.weight", GgmlType::Q4_1, 576, 1536),
         ("token_embd.weight", GgmlType::Q8_0, 49152, 576),
     ];
-    // A plain f32 4096 x 4096 matrix on request, to compare with docs/engine-notes.md section 4.
+    // A plain f32 4096 x 4096 matrix on request: a shape whose GFLOP/s other engines' figures are quoted for.
     let extra = extra.then_some(("random_f32_4096", GgmlType::F32, 4096, 4096));
     let shapes = shapes.into_iter().chain(extra);
     let file = std::fs::read(&path).ok();

@@ -1,7 +1,7 @@
 //! Residual-stream hooks: read and edit the residual stream between blocks (the single-sequence closure hook, for
 //! research), and the reference executor of a [`Plan`] on top of it.
 //!
-//! Layer numbering (the persona-vector convention, `persona-method.md` section 1): residual index `L` in `0..=N`
+//! Layer numbering (the persona-vector convention, docs/method.md §1): residual index `L` in `0..=N`
 //! for a model of N blocks, where `L = 0` is the token embeddings and `L = k` (1..=N) is the output of block k-1
 //! (0-based), after both residual additions and before the next block. This equals Hugging Face
 //! `hidden_states[L]` for L < N; HF's `hidden_states[N]` has the final RMSNorm applied, ours does not (it is the

@@ -1,8 +1,9 @@
 //! Choosing the next token: greedy, or sampled with temperature, top-k, top-p and a repetition penalty.
 //!
 //! The order follows Hugging Face `generate`: repetition penalty, then temperature, top-k, top-p, then a draw.
-//! The random generator is our own (SplitMix64-seeded xoshiro256**) so the same seed gives the same tokens on
-//! every platform, the browser included.
+//! The random generator is our own (SplitMix64-seeded xoshiro256**), so this sampler's draws depend only on the
+//! seed and the logits, not on a platform's random source. The GPU engine samples on the GPU with different random bits
+//! (`personascope_gpu::kernels::sample`), so seeds do not carry over between the two engines.
 
 use crate::{ModelError, Result};
 

@@ -1,11 +1,11 @@
-//! Choosing the layer and the strength of a trait vector, judge-free (steering-tools.md section 3):
+//! Choosing the layer and the strength of a trait vector, judge-free (docs/method.md §6):
 //!
 //! - **separation**, per layer: the last-prompt-token projection under the positive vs the negative system prompts
 //!   on the held-out evaluation questions (AUROC and Cohen's d);
 //! - **response separation**, per layer: the mean projection over the tokens of the trait-consistent vs the
 //!   trait-inconsistent reference answers (no system prompt). This is the screening reading, checked on held-out
 //!   text; it picks the screening layer, which on small models sits later than the best separation layer
-//!   (persona-method.md section 14);
+//!   (docs/method.md §9);
 //! - **steering**, for the best layers and a sweep of alphas: the change of the mean log-probability margin of the
 //!   consistent over the inconsistent answer (mean per-token log-prob difference), the fraction of questions that
 //!   move the wrong way, and the perplexity cost on neutral answers. Steering uses the paper's `response` positions.
@@ -275,7 +275,7 @@ pub async fn evaluate<B: Backend>(
         }
         None => {
             // The best layers by separation, plus the depth fractions 0.55 and 0.7 where steering usually works
-            // (persona-method.md section 13.3): the best separation layer is often too early to steer well.
+            // (docs/method.md §9): the best separation layer is often too early to steer well.
             let mut ls: Vec<usize> = by_separation.iter().copied().take(opts.top_layers.max(1)).collect();
             for f in [0.55f32, 0.7] {
                 let l = ((c.n_layers as f32 * f).round() as usize).clamp(1, c.n_layers);

@@ -1,4 +1,4 @@
-//! Extraction of a trait vector (persona-method.md section 3): for every extraction question and instruction pair,
+//! Extraction of a trait vector (docs/method.md §3): for every extraction question and instruction pair,
 //! the residual stream under the positive and the negative system prompt, averaged, and the raw difference of the
 //! means at every residual index (not normalized, so alpha keeps the paper's units).
 
@@ -81,7 +81,7 @@ pub trait ResponseFilter {
 }
 
 /// The default filter. It has no judge: it keeps every non-empty response, so the vector is the unfiltered mean
-/// difference (persona-method.md section 13.4's fallback), whether or not the model followed the system prompt.
+/// difference (docs/method.md §3.1: there is no judge), whether or not the model followed the system prompt.
 pub struct KeepNonEmpty;
 
 impl ResponseFilter for KeepNonEmpty {

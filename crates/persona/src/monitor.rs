@@ -1,5 +1,5 @@
 //! Monitoring: projection scores onto trait directions, calibrated against neutral text so that a score reads as
-//! a z-score and a percentile rather than a raw dot product (persona-method.md section 13.5).
+//! a z-score and a percentile rather than a raw dot product (docs/method.md §5).
 
 use crate::backend::{self, Backend, Plan};
 use crate::error::{PersonaError, Result};

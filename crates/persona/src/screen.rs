@@ -1,4 +1,4 @@
-//! Dataset screening (persona-method.md section 7): for each sample, how far its response pushes the residual
+//! Dataset screening (docs/method.md §7): for each sample, how far its response pushes the residual
 //! stream along the trait direction.
 //!
 //! - **projection difference** (default): `r(x, y) . v_hat - r(x, y') . v_hat`, where r is the mean residual over

@@ -7,7 +7,7 @@ use personascope_model::Steering;
 use crate::error::{PersonaError, Result};
 use crate::vector_file::TraitVector;
 
-/// Positions a steering vector is added to (persona-method.md section 4).
+/// Positions a steering vector is added to (docs/method.md §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Positions {

@@ -197,7 +197,7 @@ pub fn article(word: &str) -> &'static str {
 impl TraitDefinition {
     /// The extraction system prompt for instruction pair `pair`:
     /// `"You are {a|an} {adjective} assistant. " + instruction`, with the positive adjective and `pos` instruction
-    /// when `positive`, else the negative adjective and `neg` instruction (persona-method.md section 2). `None`
+    /// when `positive`, else the negative adjective and `neg` instruction (docs/method.md §2). `None`
     /// when the trait has no pair `pair` (this is reachable from user input, so it must not panic).
     pub fn system_prompt(&self, pair: usize, positive: bool) -> Option<String> {
         let instruction = self.instructions.get(pair)?;

@@ -171,7 +171,7 @@ fn extracted_vector_separates_held_out_prompts_and_round_trips() {
     assert_eq!(v.rows.len(), 31);
     assert_eq!(v.meta.mode.as_deref(), Some("prompt-last"));
     assert_eq!(v.meta.counts, Some([6, 6]));
-    // The raw mean difference is not normalized: its norm grows with depth (persona-method.md section 3.4).
+    // The raw mean difference is not normalized: its norm grows with depth (docs/method.md §3.2).
     assert!(stats::norm(&v.rows[20]) > 5.0 * stats::norm(&v.rows[5]));
 
     // Held-out: evaluation questions, pairs 3 and 4 (not used for extraction).
