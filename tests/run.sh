@@ -54,6 +54,19 @@ bash tests/browser/run.sh 2>&1 | tee "$logs/browser.log"
 browser=${PIPESTATUS[0]}
 set -e
 
+step "fuzz: every parser for ${FUZZ_SECONDS:-60} s each (tests/fuzz.sh)"
+# CI's 90-minute limit comes first: the fuzz step runs when the suite so far has left room for it (a fresh
+# machine spends most of its time installing and building; a machine with the build directories warm has room).
+fuzz=0
+if [ "$SECONDS" -lt $((${FUZZ_START_BEFORE_MIN:-50} * 60)) ]; then
+    set +e
+    bash tests/fuzz.sh 2>&1 | tee "$logs/fuzz.log"
+    fuzz=${PIPESTATUS[0]}
+    set -e
+else
+    echo "FUZZ-SKIP: $((SECONDS / 60)) min have passed; fuzzing now would risk CI's time limit (bash tests/fuzz.sh runs it)" | tee "$logs/fuzz.log"
+fi
+
 step "summary"
 grep -E '^test result:|FAILED|panicked' "$logs/test.log" || true
 passed=$(grep -Eo '[0-9]+ passed' "$logs/test.log" | awk '{s+=$1} END {print s+0}')
@@ -66,7 +79,14 @@ if [ "$browser" != 0 ] && [ "$bfailed" = 0 ]; then
     echo "FAIL browser tests did not run (exit $browser)"
     bfailed=1
 fi
-passed=$((passed + bpassed))
-failed=$((failed + bfailed))
+grep -E '^FUZZ-(PASS|FAIL|SKIP)' "$logs/fuzz.log" || true
+fpassed=$(grep -c '^FUZZ-PASS' "$logs/fuzz.log" || true)
+ffailed=$(grep -c '^FUZZ-FAIL' "$logs/fuzz.log" || true)
+if [ "$fuzz" != 0 ] && [ "$ffailed" = 0 ]; then
+    echo "FAIL fuzz targets did not run (exit $fuzz)"
+    ffailed=1
+fi
+passed=$((passed + bpassed + fpassed))
+failed=$((failed + bfailed + ffailed))
 echo "tests: $passed passed, $failed failed (${SECONDS} s in all)"
-[ "$status" = 0 ] && [ "$browser" = 0 ]
+[ "$status" = 0 ] && [ "$browser" = 0 ] && [ "$ffailed" = 0 ]
