@@ -37,7 +37,11 @@ fn untouched(_: &str, _: &mut Vec<u8>) {}
 fn refused(bytes: Vec<u8>) -> String {
     match Model::from_bytes(bytes) {
         Ok(_) => panic!("the hostile file loaded"),
-        Err(e) => e.to_string(),
+        Err(e) => {
+            // Printed so that `--nocapture` lists what each hostile file gets.
+            eprintln!("refused: {e}");
+            e.to_string()
+        }
     }
 }
 

@@ -87,7 +87,16 @@ fn float(g: &Gguf, key: &str, default: Option<f64>, ok: fn(f64) -> bool, what: &
     if v.is_finite() && ok(v) && (v as f32).is_finite() {
         Ok(v as f32)
     } else {
-        Err(ModelError::Config(format!("`{key}` = {v} is not usable: it must be {what}")))
+        // Shortest readable form: 1e300 and -1e-5 rather than their 300-digit or f32-widened expansions.
+        let odd = |x: f64| x.is_finite() && x != 0.0 && !(1e-3..1e6).contains(&x.abs());
+        let shown = match g.get(key) {
+            // A stored f32 is shown as f32 (-1e-5, not its f64 widening -9.999999747378752e-6).
+            Some(personascope_gguf::Value::F32(x)) if odd(f64::from(*x)) => format!("{x:e}"),
+            Some(personascope_gguf::Value::F32(x)) => x.to_string(),
+            _ if odd(v) => format!("{v:e}"),
+            _ => v.to_string(),
+        };
+        Err(ModelError::Config(format!("`{key}` = {shown} is not usable: it must be {what}")))
     }
 }
 
