@@ -488,9 +488,10 @@ fn jinja2_compat_source(src: &str) -> String {
                 let mut search = 0;
                 let end = loop {
                     let Some(q) = rest[search..].find("{%").map(|q| q + search) else { break rest.len() };
-                    let Some(c) = rest[q..].find("%}") else { break rest.len() };
-                    if stmt_parts(&rest[q + 2..q + c]).1 == "endraw" {
-                        break q + c + 2;
+                    // The closing `%}` is searched after the opening `{%`: in `{%}` they overlap (found by fuzzing).
+                    let Some(c) = rest[q + 2..].find("%}").map(|c| q + 2 + c) else { break rest.len() };
+                    if stmt_parts(&rest[q + 2..c]).1 == "endraw" {
+                        break c + 2;
                     }
                     search = q + 2;
                 };

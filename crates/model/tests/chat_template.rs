@@ -308,3 +308,11 @@ fn a_long_real_conversation_stays_within_the_limits() {
     let text = smollm2().template.render(&msgs, true).expect("renders");
     assert!(text.len() > 2000 * 2048, "{}", text.len());
 }
+
+#[test]
+fn a_raw_block_followed_by_an_overlapping_tag_is_an_error_not_a_panic() {
+    // Found by the chat_template fuzz target: `{%}` inside a raw block made the rewriter slice backwards.
+    for src in ["{% raw %}x{%}y", "{% raw %}{%}", "{% raw %}{%}{% endraw %}"] {
+        let _ = ChatTemplate::from_source(src, "<s>", "</s>").map(|t| t.probe());
+    }
+}
