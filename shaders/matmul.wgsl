@@ -93,6 +93,109 @@ fn store(rr: u32, tok: u32, sum: f32) {
     y[yi] = v;
 }
 
+#if SOLO
+// The k-th vec4 of a chunk's elements, decoded (k is a constant after unrolling).
+fn part(w: vec4<u32>, k: u32) -> vec4<f32> {
+#if Q4
+    let word = w[k / 2u];
+    if (k % 2u == 0u) {
+        return lo(word);
+    }
+    return hi(word);
+#endif
+#if Q8
+    return bytes4(w[k]);
+#endif
+#if PLAIN
+    return bitcast<vec4<f32>>(w);
+#endif
+}
+
+// One thread, RPT consecutive rows from `rf`, TOKENS tokens from `tok0` (CPU adapters). Their SIMD lanes are
+// invocations, and a storage load costs per lane and component whether or not the address is uniform, so the
+// loads of x are what limit the product: each x chunk loaded serves RPT rows, and each weight chunk TOKENS tokens.
+// Everything per row and token is a named value in unrolled code: a private array indexed in a loop can end up in
+// memory, reached lane by lane. Rows past the end read the last row (no divergent branch in the loop) and are not
+// stored; so are tokens past the end.
+fn solo(rf: u32, tok0: u32) {
+#if PLAIN
+    let chunks = (p.cols + 3u) / 4u;
+#else
+    let chunks = p.cols / ${EPC}u;
+    let n_super = (p.cols + 255u) / 256u;
+    let srow_len = 2u * n_super + p.cols / ${GROUP}u;
+#endif
+    let tok_last = min(tok0 + ${TOKENS}u, p.n_tokens) - 1u;
+#unroll J RPT
+    let row${J} = min(rf + ${J}u, p.rows - 1u);
+#unroll T TOKENS
+    var a${J}_${T} = 0.0;
+#endunroll
+#endunroll
+    for (var c = 0u; c < chunks; c++) {
+#if PLAIN
+        // A row not a multiple of 4 wide: its zero padding must not meet the next token's x (0 * inf).
+        let valid = vec4<u32>(4u * c) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(p.cols);
+#else
+        let e0 = c * ${EPC}u;
+#endif
+#unroll J RPT
+        let w${J} = codes[row${J} * chunks + c];
+#unroll K NQ
+        let q${J}_${K} = part(w${J}, ${K}u);
+#endunroll
+#if !PLAIN
+        let srow${J} = row${J} * srow_len;
+        let sb${J} = srow${J} + 2u * (e0 / 256u);
+        let sub${J} = unpack2x16float(scales[srow${J} + 2u * n_super + e0 / ${GROUP}u]);
+        let scale${J} = bitcast<f32>(scales[sb${J}]) * sub${J}.x;
+#if !SIGNED
+        let mn${J} = bitcast<f32>(scales[sb${J} + 1u]) * sub${J}.y;
+#endif
+#endif
+#endunroll
+#unroll T TOKENS
+        {
+            let xb = (p.x_offset + min(tok0 + ${T}u, tok_last) * p.x_stride) / 4u + c * NQ;
+            var sx = vec4<f32>(0.0);
+#unroll K NQ
+#if PLAIN
+            let x${K} = select(vec4<f32>(0.0), x[xb + ${K}u], valid);
+#else
+            let x${K} = x[xb + ${K}u];
+#endif
+            sx += x${K};
+#endunroll
+            let sxs = (sx.x + sx.y) + (sx.z + sx.w);
+#unroll J RPT
+            var d${J} = vec4<f32>(0.0);
+#unroll K NQ
+            d${J} += q${J}_${K} * x${K};
+#endunroll
+            let dot${J} = (d${J}.x + d${J}.y) + (d${J}.z + d${J}.w);
+#if PLAIN
+            a${J}_${T} += dot${J};
+#else
+#if SIGNED
+            a${J}_${T} += dot${J} * scale${J};
+#else
+            a${J}_${T} += dot${J} * scale${J} + sxs * mn${J};
+#endif
+#endif
+#endunroll
+        }
+#endunroll
+    }
+#unroll J RPT
+#unroll T TOKENS
+    if (rf + ${J}u < p.rows && tok0 + ${T}u < p.n_tokens) {
+        store(rf + ${J}u, tok0 + ${T}u, a${J}_${T});
+    }
+#endunroll
+#endunroll
+}
+#endif
+
 @compute @workgroup_size(${WG})
 fn main(
     @builtin(workgroup_id) wg: vec3<u32>,
@@ -111,6 +214,9 @@ fn main(
         return;
     }
     let tok0 = wg.z * ${TOKENS}u;
+#if SOLO
+    solo(r0 + tid * ${RPT}u, tok0);
+#else
     let i = tid / ${TPR}u;
     let lane = tid % ${TPR}u;
     let r = r0 + i;
@@ -197,16 +303,6 @@ fn main(
             }
         }
     }
-#if SOLO
-    // One thread per row (CPU adapters): nothing to reduce, so no barrier.
-    if (r < p.rows) {
-        for (var t = 0u; t < ${TOKENS}u; t++) {
-            if (tok0 + t < p.n_tokens) {
-                store(r, tok0 + t, acc[t]);
-            }
-        }
-    }
-#else
 #if SUBGROUPS
     // Every invocation takes part in every subgroupAdd (rows past the end contribute zeros), in uniform control flow.
     for (var ri = 0u; ri < ${ROWS}u; ri++) {

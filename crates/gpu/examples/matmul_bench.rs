@@ -2,7 +2,8 @@
 //!
 //! `cargo run -p personascope-gpu --example matmul_bench [-- [--hardware] [--decode] [--only NAME]]`
 //! (`--decode`: decode shapes only; `--only`: tensors whose name contains NAME; `--shapes 4x16,64x1`: the decode
-//! shapes to try, rows x threads per row).
+//! shapes to try, rows x threads per row [x rows per thread]; `--prompt-shapes 256x1x8x4`: the prompt shapes, rows x threads per row
+//! x tokens x rows per thread).
 //!
 //! Uses the real tensors of `models/SmolLM2-135M-Instruct.Q4_1.gguf` when present (and checks the GPU result
 //! against the CPU's `dot_row` on them), random ones of the same types otherwise. GPU time comes from timestamp
@@ -218,18 +219,40 @@ fn main() {
     let decode_shapes: Vec<Shape> = match args.iter().position(|a| a == "--shapes").and_then(|i| args.get(i + 1)) {
         Some(list) => list
             .split(',')
-            .filter_map(|s| s.split_once('x'))
-            .filter_map(|(r, t)| Some(Shape { rows: r.parse().ok()?, tpr: t.parse().ok()?, tokens: 1 }))
+            .filter_map(|s| {
+                let v: Vec<u32> = s.split('x').filter_map(|n| n.parse().ok()).collect();
+                match v[..] {
+                    [rows, tpr] => Some(Shape { rows, tpr, tokens: 1, rpt: 1 }),
+                    [rows, tpr, rpt] => Some(Shape { rows, tpr, tokens: 1, rpt }),
+                    _ => None,
+                }
+            })
             .collect(),
         None => [(4, 16), (8, 8), (2, 32), (1, 64), (4, 32), (2, 64), (16, 16), (64, 1), (32, 2), (16, 4)]
             .into_iter()
-            .map(|(rows, tpr)| Shape { rows, tpr, tokens: 1 })
+            .map(|(rows, tpr)| Shape { rows, tpr, tokens: 1, rpt: 1 })
             .collect(),
     };
     let (default_decode, default_prompt) = shapes_for(&gpu);
     println!("defaults for this adapter (*): decode {default_decode:?}, prompt {default_prompt:?}");
-    let prompt_shapes = [(4, 16, 8), (8, 8, 8), (4, 16, 4), (64, 1, 8), (32, 1, 8), (64, 1, 4), (64, 1, 16)]
-        .map(|(rows, tpr, tokens)| Shape { rows, tpr, tokens });
+    let prompt_shapes: Vec<Shape> = match args.iter().position(|a| a == "--prompt-shapes").and_then(|i| args.get(i + 1))
+    {
+        Some(list) => list
+            .split(',')
+            .filter_map(|s| {
+                let v: Vec<u32> = s.split('x').filter_map(|n| n.parse().ok()).collect();
+                match v[..] {
+                    [rows, tpr, tokens, rpt] => Some(Shape { rows, tpr, tokens, rpt }),
+                    _ => None,
+                }
+            })
+            .collect(),
+        None => {
+            [(4, 16, 8, 1), (8, 8, 8, 1), (64, 1, 8, 1), (128, 1, 8, 2), (256, 1, 8, 4), (256, 1, 4, 4), (512, 1, 8, 8)]
+                .map(|(rows, tpr, tokens, rpt)| Shape { rows, tpr, tokens, rpt })
+                .to_vec()
+        }
+    };
     for w in weights(only.contains("f32")).into_iter().filter(|w| w.name.contains(&only)) {
         let packed = match PackedMatrix::pack(&w.name, w.ty, w.rows, w.cols, &w.data) {
             Ok(p) => p,
@@ -261,10 +284,11 @@ fn main() {
                 };
             let t = time(&gpu, &k, &m, 1, reps);
             println!(
-                "{} decode rows {:2} x tpr {:3}: {:8.1} us  {:6.2} GB/s  max |gpu - cpu| {:.1e}",
+                "{} decode rows {:2} x tpr {:3} x rows/thread {}: {:8.1} us  {:6.2} GB/s  max |gpu - cpu| {:.1e}",
                 if s == default_decode { '*' } else { ' ' },
                 s.rows,
                 s.tpr,
+                s.rpt,
                 t * 1e6,
                 bytes / t / 1e9,
                 check(&gpu, &k, &m, &w)
@@ -280,7 +304,7 @@ fn main() {
             let t = time(&gpu, &k1, &m, 1, (reps / 4).max(2)) * n as f64;
             println!("  prompt {n} tokens as {n} decodes: {:8.1} us  {:6.2} GFLOP/s", t * 1e6, flops / t / 1e9);
         }
-        for s in prompt_shapes {
+        for &s in &prompt_shapes {
             let k =
                 match pollster::block_on(Matmul::with_shapes(&gpu, m.format, Epilogue::default(), default_decode, s)) {
                     Ok(k) => k,
@@ -291,11 +315,12 @@ fn main() {
                 };
             let t = time(&gpu, &k, &m, n, (reps / 16).max(2));
             println!(
-                "{} prompt {n} tokens rows {} x tpr {} x tokens {}: {:8.1} us  {:6.2} GFLOP/s",
+                "{} prompt {n} tokens rows {} x tpr {} x tokens {} x rows/thread {}: {:8.1} us  {:6.2} GFLOP/s",
                 if s == default_prompt { '*' } else { ' ' },
                 s.rows,
                 s.tpr,
                 s.tokens,
+                s.rpt,
                 t * 1e6,
                 flops / t / 1e9
             );

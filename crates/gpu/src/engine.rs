@@ -360,7 +360,7 @@ impl GpuModel {
         let mut kernels = Kernels {
             rms_norm: RmsNorm::new(&gpu).await?,
             rope: Rope::new(&gpu).await?,
-            attention: Attention::for_head_dim(&gpu, c.head_dim as u32).await?,
+            attention: Attention::for_model(&gpu, c.n_heads as u32, c.n_kv_heads as u32, c.head_dim as u32).await?,
             silu: SiluGate::new(&gpu).await?,
             sample: Sample::new(&gpu).await?,
             project: Project::new(&gpu).await?,

@@ -2,7 +2,9 @@
 //!
 //! Every kernel is one file in `shaders/`. Compile-time choices are *defines*: `${NAME}` is replaced by the
 //! define's value, and `#if NAME` / `#else` / `#endif` lines keep or drop blocks (a define is true unless it is
-//! "0" or "false"). Defines are part of the pipeline cache key; runtime sizes never are (they go in uniforms).
+//! "0" or "false"). `#unroll I N` ... `#endunroll` repeats a block N times (N a number or a define), with `${I}`
+//! the copy's index: WGSL has no unroll attribute, and software adapters (lavapipe, SwiftShader) do not always
+//! unroll loops that index private arrays, which they then keep in memory and reach lane by lane. Defines are part of the pipeline cache key; runtime sizes never are (they go in uniforms).
 //! Target differences live here too: Chrome requires `enable subgroups;` and `enable f16;` where naga (native)
 //! rejects the former, so the `enable` lines are added here per target, never written in the files.
 
@@ -31,22 +33,16 @@ fn truthy(defines: &Defines, name: &str) -> bool {
     defines.get(name).is_some_and(|v| v != "0" && v != "false")
 }
 
-/// Applies `defines` to `src` for `target`. Errors name the line of an unbalanced `#if`/`#else`/`#endif` or an
-/// undefined `${NAME}`.
+/// Applies `defines` to `src` for `target`: conditionals first, then unrolling (so a block for another variant
+/// may unroll by a count that variant alone defines), then `${NAME}`. Errors name the file line of an unbalanced
+/// `#if`/`#else`/`#endif` or `#unroll`/`#endunroll`, a bad unroll count or an undefined `${NAME}`.
 pub fn preprocess(name: &str, src: &str, defines: &Defines, target: Target) -> Result<String, String> {
-    let mut out = String::with_capacity(src.len() + 64);
-    if truthy(defines, "F16") {
-        out.push_str("enable f16;\n");
-    }
-    if truthy(defines, "SUBGROUPS") && target == Target::Web {
-        out.push_str("enable subgroups;\n");
-    }
+    let mut kept: Vec<(usize, String)> = Vec::new();
     // Stack of (this branch is active, some branch of this #if was taken).
     let mut stack: Vec<(bool, bool)> = Vec::new();
     for (i, line) in src.lines().enumerate() {
         let lineno = i + 1;
         let t = line.trim_start();
-        let active = stack.iter().all(|(a, _)| *a);
         if let Some(rest) = t.strip_prefix("#if ") {
             let cond = rest.trim();
             let (neg, cond) = match cond.strip_prefix('!') {
@@ -60,22 +56,96 @@ pub fn preprocess(name: &str, src: &str, defines: &Defines, target: Target) -> R
             *top = (!top.1, true);
         } else if t.starts_with("#endif") {
             stack.pop().ok_or(format!("{name}.wgsl:{lineno}: #endif without #if"))?;
-        } else if active {
-            let mut rest = line;
-            while let Some(start) = rest.find("${") {
-                out.push_str(&rest[..start]);
-                let end = rest[start..].find('}').ok_or(format!("{name}.wgsl:{lineno}: unterminated ${{"))? + start;
-                let key = &rest[start + 2..end];
-                let value = defines.get(key).ok_or(format!("{name}.wgsl:{lineno}: ${{{key}}} is not defined"))?;
-                out.push_str(value);
-                rest = &rest[end + 1..];
-            }
-            out.push_str(rest);
-            out.push('\n');
+        } else if stack.iter().all(|(a, _)| *a) {
+            kept.push((lineno, line.to_string()));
         }
     }
     if !stack.is_empty() {
         return Err(format!("{name}.wgsl: {} #if without #endif", stack.len()));
+    }
+    let lines = unroll(name, &kept, defines)?;
+    let mut out = String::with_capacity(src.len() + 64);
+    if truthy(defines, "F16") {
+        out.push_str("enable f16;\n");
+    }
+    if truthy(defines, "SUBGROUPS") && target == Target::Web {
+        out.push_str("enable subgroups;\n");
+    }
+    for (lineno, line) in &lines {
+        let mut rest = line.as_str();
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let end = rest[start..].find('}').ok_or(format!("{name}.wgsl:{lineno}: unterminated ${{"))? + start;
+            let key = &rest[start + 2..end];
+            let value = defines.get(key).ok_or(format!("{name}.wgsl:{lineno}: ${{{key}}} is not defined"))?;
+            out.push_str(value);
+            rest = &rest[end + 1..];
+        }
+        out.push_str(rest);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// Most copies one `#unroll` may make (a typo in a count should fail, not write megabytes of WGSL).
+const MAX_UNROLL: usize = 256;
+
+/// Expands every `#unroll I N` ... `#endunroll` block of `lines` (file line number, text), innermost first, so
+/// nested blocks see their own index, replacing `${I}` in each copy with its index. Every copy of a line keeps
+/// its line number.
+fn unroll(name: &str, lines: &[(usize, String)], defines: &Defines) -> Result<Vec<(usize, String)>, String> {
+    let mut out = Vec::with_capacity(lines.len());
+    let mut i = 0;
+    while i < lines.len() {
+        let (at, line) = (lines[i].0, lines[i].1.trim_start());
+        let Some(head) = line.strip_prefix("#unroll ") else {
+            if line.starts_with("#endunroll") {
+                return Err(format!("{name}.wgsl:{at}: #endunroll without #unroll"));
+            }
+            out.push(lines[i].clone());
+            i += 1;
+            continue;
+        };
+        let mut parts = head.split_whitespace();
+        let (Some(var), Some(count), None) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(format!("{name}.wgsl:{at}: expected `#unroll NAME COUNT`"));
+        };
+        let n: usize = match count.parse() {
+            Ok(n) => n,
+            Err(_) => defines
+                .get(count)
+                .and_then(|v| v.parse().ok())
+                .ok_or(format!("{name}.wgsl:{at}: unroll count {count} is not a number or a numeric define"))?,
+        };
+        if n > MAX_UNROLL {
+            return Err(format!("{name}.wgsl:{at}: unroll count {n} is more than {MAX_UNROLL}"));
+        }
+        // The matching #endunroll.
+        let mut depth = 1;
+        let mut j = i + 1;
+        while j < lines.len() {
+            let t = lines[j].1.trim_start();
+            if t.starts_with("#unroll ") {
+                depth += 1;
+            } else if t.starts_with("#endunroll") {
+                depth -= 1;
+                if depth == 0 {
+                    break;
+                }
+            }
+            j += 1;
+        }
+        if depth != 0 {
+            return Err(format!("{name}.wgsl:{at}: #unroll without #endunroll"));
+        }
+        // Inner blocks first: their copies then carry only this block's index to replace.
+        let body = unroll(name, &lines[i + 1..j], defines)?;
+        let key = format!("${{{var}}}");
+        for k in 0..n {
+            let index = k.to_string();
+            out.extend(body.iter().map(|(l, text)| (*l, text.replace(&key, &index))));
+        }
+        i = j + 1;
     }
     Ok(out)
 }

@@ -381,6 +381,19 @@ fn attention_matches_cpu_over_prefix_and_own_regions() {
         ("mha 3/3/20", 3, 3, 20, &k64),
         ("gemma-like 4/1/256", 4, 1, 256, &k256),
     ];
+    // The CPU-adapter design, compiled per head layout, on the same cases.
+    let solo = |nh: u32, nkv: u32, hd: u32| {
+        let k = pollster::block_on(Attention::solo(gpu, nh, nkv, hd)).expect("compile solo attention");
+        assert_eq!(k.solo, Some((nh / nkv, hd)));
+        k
+    };
+    let solos: Vec<Attention> = models.iter().map(|&(_, nh, nkv, hd, _)| solo(nh, nkv, hd)).collect();
+    let solo_names: Vec<String> = models.iter().map(|m| format!("{} (solo)", m.0)).collect();
+    let models: Vec<(&str, u32, u32, u32, &Attention)> = models
+        .iter()
+        .copied()
+        .chain(models.iter().zip(&solos).zip(&solo_names).map(|((m, k), n)| (n.as_str(), m.1, m.2, m.3, k)))
+        .collect();
     let (batch, cache_rows) = ragged_batch();
     let mut worst = 0f32;
     for (mi, &(name, nh, nkv, hd, kernel)) in models.iter().enumerate() {
@@ -456,6 +469,13 @@ fn attention_params_reject_bad_shapes() {
     let (b, params) = (storage_f32(gpu, "b", &[0.0; 8]), Attention::params(gpu, &p));
     let bind = k.bind(gpu, &params, &b, &b, &b, &b, &b);
     run(gpu, |pass| assert!(k.dispatch(pass, &bind, &p).is_err(), "head_dim 128 on the 64 variant"));
+    // A solo pipeline refuses any other head layout than its own; too large a layout has no solo pipeline.
+    let s = pollster::block_on(Attention::solo(gpu, 9, 3, 64)).expect("compile solo");
+    let p = attention::Params::new(&AttentionShape { n_heads: 8, n_kv_heads: 2, ..ok }, 1).expect("params");
+    run(gpu, |pass| assert!(s.dispatch(pass, &bind, &p).is_err(), "4 heads per KV head on the 3-head pipeline"));
+    let p = attention::Params::new(&AttentionShape { head_dim: 128, ..ok }, 1).expect("params");
+    run(gpu, |pass| assert!(s.dispatch(pass, &bind, &p).is_err(), "head_dim 128 on the 64 pipeline"));
+    assert!(pollster::block_on(Attention::solo(gpu, 8, 1, 256)).is_err(), "8 x 64 vec4 values");
 }
 
 #[test]

@@ -43,10 +43,17 @@ type Kernels = HashMap<(PackedFormat, Epilogue, Config), Matmul>;
 /// Every configuration the engine may run, whichever adapter the test runs on: the GPU shapes (threads split rows)
 /// with the portable and with the subgroup reduction, and the CPU-adapter shapes (a thread per row, no reduction).
 /// The subgroup one needs an adapter with subgroups (lavapipe has them): without, building it fails the test.
-const CONFIGS: [Config; 3] = [
+/// The last one has odd rows per thread, rows per workgroup and tokens per tile, so that the edge rows and tokens
+/// of the unrolled one-thread-per-row path fall mid-thread.
+const CONFIGS: [Config; 4] = [
     Config { decode: DECODE, prompt: PROMPT, subgroups: false },
     Config { decode: DECODE, prompt: PROMPT, subgroups: true },
     Config { decode: CPU_DECODE, prompt: CPU_PROMPT, subgroups: false },
+    Config {
+        decode: Shape { rows: 15, tpr: 1, tokens: 1, rpt: 5 },
+        prompt: Shape { rows: 21, tpr: 1, tokens: 3, rpt: 7 },
+        subgroups: false,
+    },
 ];
 
 struct Case {
@@ -263,9 +270,10 @@ fn matmul_subgroup_reduction_on_awkward_shapes() {
     let gpu = gpu();
     assert!(gpu.caps.subgroups, "{} has no subgroups: the subgroup matmul cannot be tested here", gpu.describe());
     let s = gpu.adapter.subgroup_min_size.max(matmul::MIN_SUBGROUP_SIZE);
-    let whole = Shape { rows: (s / 4).max(1), tpr: 4, tokens: 1 };
-    let shapes = [DECODE, Shape { rows: 1, tpr: 64, tokens: 1 }, Shape { rows: 3, tpr: 5, tokens: 1 }, whole];
-    let shapes = shapes.into_iter().chain([Shape { rows: 16, tpr: 16, tokens: 1 }]);
+    let whole = Shape { rows: (s / 4).max(1), tpr: 4, tokens: 1, rpt: 1 };
+    let shapes =
+        [DECODE, Shape { rows: 1, tpr: 64, tokens: 1, rpt: 1 }, Shape { rows: 3, tpr: 5, tokens: 1, rpt: 1 }, whole];
+    let shapes = shapes.into_iter().chain([Shape { rows: 16, tpr: 16, tokens: 1, rpt: 1 }]);
     let mut kernels = Kernels::new();
     let mut seen_whole = false;
     for (i, decode) in shapes.enumerate() {

@@ -62,3 +62,37 @@ fn preprocessor_handles_conditionals_and_targets() {
     assert!(preprocess("t", "#endif\n", &on, Target::Native).unwrap_err().contains("t.wgsl:1"));
     assert!(preprocess("t", "${NOPE}", &on, Target::Native).unwrap_err().contains("NOPE"));
 }
+
+#[test]
+fn preprocessor_unrolls_nested_blocks() {
+    let d = Defines::from([("N", "2".to_string()), ("X", "1".to_string())]);
+    // Nested blocks, a count from a define, an #if inside a copy, and the outer index seen in the inner body.
+    let src = "#unroll I N\n#unroll J 3\nv${I}_${J}\n#endunroll\n#if X\nw${I}\n#endif\n#endunroll\nend\n";
+    let want = "v0_0\nv0_1\nv0_2\nw0\nv1_0\nv1_1\nv1_2\nw1\nend\n";
+    assert_eq!(preprocess("t", src, &d, Target::Native).expect("unroll"), want);
+    assert_eq!(preprocess("t", "#unroll I 0\nx\n#endunroll\ny\n", &d, Target::Native).expect("zero"), "y\n");
+    let err = |src: &str| preprocess("t", src, &d, Target::Native).unwrap_err();
+    assert!(
+        err("a\n#unroll I 2\nx\n").contains("t.wgsl:2: #unroll without #endunroll"),
+        "{}",
+        err("a\n#unroll I 2\nx\n")
+    );
+    assert!(err("x\n#endunroll\n").contains("t.wgsl:2"));
+    assert!(err("#unroll I NOPE\nx\n#endunroll\n").contains("NOPE"));
+    assert!(err("#unroll I\nx\n#endunroll\n").contains("expected `#unroll NAME COUNT`"));
+    assert!(err("#unroll I 100000\nx\n#endunroll\n").contains("more than"));
+    // An error inside a nested block names its line in the file.
+    assert!(err("#unroll I 2\n\n#unroll J 2\n#endunroll\n#endunroll\n#unroll K\n").contains("t.wgsl:6"));
+    assert!(err("#unroll I 2\na\n#unroll J x\n#endunroll\n#endunroll\n").contains("t.wgsl:3"));
+}
+
+#[test]
+fn preprocessor_unrolls_only_kept_blocks() {
+    // The inactive branch unrolls by a count this variant does not define: it is dropped before unrolling.
+    let d = Defines::from([("X", "0".to_string())]);
+    let src = "#if X\n#unroll I MISSING\nv${I}\n#endunroll\n#else\nw\n#endif\n";
+    assert_eq!(preprocess("t", src, &d, Target::Native).expect("kept"), "w\n");
+    // A ${NAME} error inside an unrolled copy names the file line it came from.
+    let err = preprocess("t", "a\n#unroll I 2\nv${I} ${NOPE}\n#endunroll\n", &d, Target::Native).unwrap_err();
+    assert!(err.contains("t.wgsl:3") && err.contains("NOPE"), "{err}");
+}

@@ -56,27 +56,51 @@ pub struct Epilogue {
     pub accumulate: bool,
 }
 
-/// Workgroup shape: `rows` rows per workgroup, `tpr` threads per row (rows * tpr <= 256), `tokens` per workgroup.
+/// Workgroup shape: `rows` rows per workgroup, `tpr` threads per row, `tokens` per workgroup, and with one thread
+/// per row `rpt` rows per thread (a divisor of `rows`; 1 otherwise). Threads: rows * tpr / rpt <= 256.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Shape {
     pub rows: u32,
     pub tpr: u32,
     pub tokens: u32,
+    pub rpt: u32,
+}
+
+impl Shape {
+    /// Threads per workgroup.
+    pub fn threads(self) -> u32 {
+        self.rows * self.tpr / self.rpt.max(1)
+    }
+
+    /// Whether the shader can run this shape.
+    pub fn valid(self) -> bool {
+        self.rows > 0
+            && self.tpr > 0
+            && self.tokens > 0
+            && self.rpt > 0
+            && self.rows.is_multiple_of(self.rpt)
+            && (self.rpt == 1 || self.tpr == 1)
+            && self.threads() <= 256
+    }
 }
 
 /// Tokens per workgroup of the prompt pipelines: each weight chunk read serves 8 tokens.
 pub const TOKENS: u32 = 8;
 /// Decode on GPUs: 4 rows x 16 threads = 64 threads per workgroup; the 16 threads of a row read 256 contiguous
 /// bytes per step (coalesced), and 4 rows per workgroup still give small matrices (576 rows) 144 workgroups.
-pub const DECODE: Shape = Shape { rows: 4, tpr: 16, tokens: 1 };
+pub const DECODE: Shape = Shape { rows: 4, tpr: 16, tokens: 1, rpt: 1 };
 /// Prompts on GPUs: as decode, 8 tokens per workgroup.
-pub const PROMPT: Shape = Shape { rows: 4, tpr: 16, tokens: TOKENS };
-/// Decode on CPU adapters (lavapipe, SwiftShader): one thread per row, 64 rows per workgroup, no barrier. Their
-/// SIMD lanes are invocations, so a lane per row has no reduction to do; measured 1.4-1.8x faster than [`DECODE`]
-/// on lavapipe (`examples/matmul_bench.rs`), and SwiftShader is slowest on barriers.
-pub const CPU_DECODE: Shape = Shape { rows: 64, tpr: 1, tokens: 1 };
-/// Prompts on CPU adapters.
-pub const CPU_PROMPT: Shape = Shape { rows: 64, tpr: 1, tokens: TOKENS };
+pub const PROMPT: Shape = Shape { rows: 4, tpr: 16, tokens: TOKENS, rpt: 1 };
+/// Decode on CPU adapters (lavapipe, SwiftShader): one thread per row, no reduction and no barrier, 8 rows per
+/// thread and 8 threads (one 256-bit SIMD group of lavapipe) per workgroup. Their SIMD lanes are invocations, and
+/// there a storage load costs per lane and component even when every lane reads the same address, so reading x
+/// is what limits the product; a thread with 8 rows reads it once for all 8. On lavapipe
+/// (`examples/matmul_bench.rs`, SmolLM2's Q4_1 matrices) 1.8-2.1x faster than one row per thread.
+pub const CPU_DECODE: Shape = Shape { rows: 64, tpr: 1, tokens: 1, rpt: 8 };
+/// Prompts on CPU adapters: 16 rows per thread, 8 tokens per tile, 8 threads. On lavapipe 4.5-5x faster than one
+/// row per thread (about 22 GFLOP/s on 2 cores against 4.3); more rows per thread no longer helped, fewer than 8
+/// threads left SIMD lanes idle.
+pub const CPU_PROMPT: Shape = Shape { rows: 128, tpr: 1, tokens: TOKENS, rpt: 16 };
 
 /// The environment variable that overrides the adapter-based choice of [`shapes_for`]: `gpu` or `cpu`. A
 /// diagnostic: with `gpu` a CPU adapter (lavapipe) runs the shapes real GPUs run, subgroup reduction included.
@@ -135,7 +159,7 @@ pub fn reduces_with_subgroups(shape: Shape) -> bool {
 /// reduction where [`reduces_with_subgroups`] `shape`; it is ignored otherwise.
 pub fn defines(format: PackedFormat, epilogue: Epilogue, shape: Shape, subgroup_min: Option<u32>) -> Defines {
     let flag = |b: bool| if b { "1" } else { "0" }.to_string();
-    let wg = shape.rows * shape.tpr;
+    let wg = shape.threads();
     let subgroup_min = subgroup_min.filter(|_| reduces_with_subgroups(shape)).map(|m| m.max(1));
     // Subgroups per workgroup are at most WG / the smallest size; one value per subgroup and (row, token) is kept.
     let slots = subgroup_min.map_or(wg, |m| wg.div_ceil(m));
@@ -144,6 +168,10 @@ pub fn defines(format: PackedFormat, epilogue: Epilogue, shape: Shape, subgroup_
     d.insert("TPR", shape.tpr.to_string());
     d.insert("WG", wg.to_string());
     d.insert("TOKENS", shape.tokens.to_string());
+    d.insert("RPT", shape.rpt.max(1).to_string());
+    // vec4s of x per weight chunk, for the unrolled one-thread-per-row path.
+    let nq = d.get("EPC").and_then(|e| e.parse::<u32>().ok()).map_or(1, |e| (e / 4).max(1));
+    d.insert("NQ", nq.to_string());
     d.insert("SOLO", flag(shape.tpr == 1));
     d.insert("SUBGROUPS", flag(subgroup_min.is_some()));
     d.insert("SLOTS", slots.to_string());
@@ -167,7 +195,7 @@ pub fn variants() -> Vec<Defines> {
                 v.push(defines(format, epilogue, shape, None));
                 if reduces_with_subgroups(shape) {
                     v.push(defines(format, epilogue, shape, Some(MIN_SUBGROUP_SIZE)));
-                    v.push(defines(format, epilogue, shape, Some(shape.rows * shape.tpr)));
+                    v.push(defines(format, epilogue, shape, Some(shape.threads())));
                 }
             }
         }
@@ -232,7 +260,7 @@ impl Matmul {
         subgroups: bool,
     ) -> Result<Self> {
         for s in [decode_shape, prompt_shape] {
-            if s.rows == 0 || s.tpr == 0 || s.tokens == 0 || s.rows * s.tpr > 256 {
+            if !s.valid() {
                 return Err(GpuError::Unsupported(format!("matmul workgroup shape {s:?}")));
             }
         }
