@@ -117,9 +117,17 @@ function reportError(where, err, target) {
   } else setStatus(text, 'error');
 }
 
+/** The GPU device is gone: nothing on this page can run until it is reloaded, so say so and offer the reload. */
+function showDeviceLost(message) {
+  const box = $('device-lost');
+  $('device-lost-reason').textContent = message;
+  box.hidden = false;
+  setStatus('The GPU device was lost: reload the page to continue.', 'error');
+}
+
 // ---- model ---------------------------------------------------------------------------------------------------
 
-const STAGE_LABEL = { download: 'Download', cache: 'Read from the browser cache', read: 'Read the file', verify: 'Check (SHA-256)' };
+const STAGE_LABEL = { download: 'Download', revalidate: 'Ask the server for a newer file', cache: 'Read from the browser cache', read: 'Read the file', verify: 'Check (SHA-256)' };
 
 function resetProgress() {
   for (const p of ['fetch', 'upload', 'warmup']) {
@@ -133,10 +141,11 @@ let fetchStage = 'download';
 function onLoadProgress(p, started) {
   const secs = `${((performance.now() - started) / 1000).toFixed(1)} s`;
   if (p.stage in STAGE_LABEL) {
-    if (p.stage !== 'verify') fetchStage = p.stage;
+    const waiting = p.stage === 'verify' || p.stage === 'revalidate';
+    if (!waiting) fetchStage = p.stage;
     $('progress-fetch-label').textContent = STAGE_LABEL[p.stage];
     const bar = $('progress-fetch');
-    if (p.stage === 'verify') {
+    if (waiting) {
       bar.removeAttribute('value'); // indeterminate
       $('progress-fetch-text').textContent = 'checking…';
     } else if (p.total > 0) {
@@ -196,7 +205,10 @@ async function loadModel(e) {
     state.model = load;
     $('progress-fetch').value = 1;
     const cache = {
-      hit: 'from the browser cache',
+      hit: load.revalidated === false
+        ? 'from the browser cache (the server could not be asked for a newer file)'
+        : 'from the browser cache',
+      updated: 'downloaded again (the file on the server changed since it was cached)',
       saved: 'downloaded and cached',
       repaired: `downloaded again (${load.repaired})`,
       'not-saved': `downloaded; not cached (${load.cacheError})`,
@@ -1124,6 +1136,7 @@ async function exportScreen(which) {
 function wire() {
   setupTabs();
   $('model-form').addEventListener('submit', loadModel);
+  $('device-lost-reload').addEventListener('click', () => window.location.reload());
   $('model-cancel').addEventListener('click', () => loadController?.abort());
   $('model-file').addEventListener('change', () => { document.querySelector('input[name="source"][value="file"]').checked = true; });
   $('model-url').addEventListener('input', () => { document.querySelector('input[name="source"][value="url"]').checked = true; });
@@ -1191,7 +1204,7 @@ async function start() {
     setStatus('WebGPU is not available: the model cannot run in this browser (see above).', 'error');
     $('model-load').disabled = true;
   }
-  state.ps = new Personascope();
+  state.ps = new Personascope({ onDeviceLost: showDeviceLost });
   window.personascope = state.ps; // for the console and the browser tests
   try {
     state.traits = await state.ps.builtinTraits();

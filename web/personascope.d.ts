@@ -1,6 +1,31 @@
-// Types of Personascope's JavaScript API (personascope.js). Every method that returns a promise rejects with an
-// Error whose message says what failed; nothing in the engine panics into JavaScript. Residual index `layer`
-// runs over 0..=N for a model of N blocks (0 = embeddings, k = output of block k-1).
+// Types of Personascope's JavaScript API (personascope.js). Every method that returns a promise rejects with a
+// PersonascopeError: its message says what failed, its `code` what kind of failure it was; nothing in the engine
+// panics into JavaScript. Residual index `layer` runs over 0..=N for a model of N blocks (0 = embeddings, k =
+// output of block k-1).
+
+/**
+ * What kind of failure a call met. Stable: a code is never renamed or reused for another kind of failure.
+ * - invalid_input: arguments, options, messages or dataset text the engine cannot use;
+ * - invalid_trait: a trait definition (or built-in name) that is not valid;
+ * - invalid_model: a model file that cannot be loaded; not_gguf: a file that is not GGUF at all;
+ * - invalid_vector: a vector file that cannot be read or was made for another model;
+ * - unknown_vector: a vector id never given out, or removed; too_long: a conversation past the context;
+ * - cancelled: stopped by abort() or a signal; out_of_memory: too little GPU memory for this model;
+ * - gpu_error: the GPU reported an error; device_lost: the GPU device was lost (reload the page to continue);
+ * - no_webgpu: no usable WebGPU adapter; download_failed: the model could not be downloaded;
+ * - no_model: no model is loaded; busy: the engine was in another call; engine_stopped: the worker or the
+ *   engine stopped (load a model again); internal: a bug.
+ */
+export type ErrorCode =
+  | 'invalid_input' | 'invalid_trait' | 'invalid_model' | 'invalid_vector' | 'unknown_vector' | 'too_long'
+  | 'cancelled' | 'out_of_memory' | 'gpu_error' | 'device_lost' | 'no_webgpu' | 'internal'
+  | 'no_model' | 'busy' | 'engine_stopped' | 'download_failed' | 'not_gguf';
+
+export interface PersonascopeError extends Error {
+  code: ErrorCode;
+  /** Set when the engine stopped (a trap): the next loadModel starts a new worker. */
+  fatal?: boolean;
+}
 
 export type Role = 'system' | 'user' | 'assistant';
 
@@ -9,10 +34,13 @@ export interface Message {
   content: string;
 }
 
-/** One step of loadModel: download / cache read / file read, integrity check, GPU upload, warm-up. */
+/**
+ * One step of loadModel: asking the server whether a cached file changed, download / cache read / file read,
+ * integrity check, GPU upload, warm-up.
+ */
 export interface LoadProgress {
-  stage: 'download' | 'cache' | 'read' | 'verify' | 'upload' | 'warmup';
-  /** Bytes (download, cache, read, upload) or steps (warmup) done; absent for `verify`. */
+  stage: 'revalidate' | 'download' | 'cache' | 'read' | 'verify' | 'upload' | 'warmup';
+  /** Bytes (download, cache, read, upload) or steps (warmup) done; absent for `revalidate` and `verify`. */
   loaded?: number;
   /** 0 when the server did not announce a size. */
   total?: number;
@@ -37,12 +65,16 @@ export interface ModelLoad {
   bytes: number;
   sha256: string | null;
   /**
-   * hit: read from the browser's cache; saved: downloaded and cached; repaired: the cached copy was broken or
-   * partial and was downloaded again (`repaired` says why); not-saved: downloaded, the cache refused it
-   * (`cacheError`); off: caching disabled or unavailable; file: loaded from a File/Blob.
+   * hit: read from the browser's cache (the server was asked first whether the file behind the URL changed:
+   * ETag, Last-Modified or size); updated: the server has a different file now, and it was downloaded again;
+   * saved: downloaded and cached; repaired: the cached copy was broken or partial and was downloaded again
+   * (`repaired` says why); not-saved: downloaded, the cache refused it (`cacheError`); off: caching disabled or
+   * unavailable; file: loaded from a File/Blob.
    */
-  cache: 'hit' | 'saved' | 'repaired' | 'not-saved' | 'off' | 'file';
+  cache: 'hit' | 'updated' | 'saved' | 'repaired' | 'not-saved' | 'off' | 'file';
   repaired: string | null;
+  /** For a cache hit: whether the server answered the check for a newer file (false: offline, or no validators). */
+  revalidated: boolean | null;
   cacheError: string | null;
   timing: { fetchMs: number; uploadMs: number; warmupMs: number };
   vectors: VectorInfo[];
@@ -237,7 +269,8 @@ export interface WebGPUCheck {
 
 export declare class Personascope {
   /** Spawns the module worker. `workerUrl` / `glueUrl` default to worker.js / personascope-web.js beside this module. */
-  constructor(options?: { workerUrl?: string | URL; glueUrl?: string | URL });
+  /** `onDeviceLost(message)` runs once when a call first fails with code 'device_lost' (offer a reload there). */
+  constructor(options?: { workerUrl?: string | URL; glueUrl?: string | URL; onDeviceLost?: (message: string) => void });
   static checkWebGPU(): Promise<WebGPUCheck>;
   builtinTraits(): Promise<TraitDefinition[]>;
   loadModel(
@@ -245,6 +278,8 @@ export declare class Personascope {
     options?: { onProgress?: (p: LoadProgress) => void; cache?: boolean; warmup?: boolean; signal?: AbortSignal },
   ): Promise<ModelLoad>;
   deviceInfo(): Promise<DeviceInfo | null>;
+  /** Destroys the GPU device as a driver reset would (to test a page's recovery); resolves to the loss reason. */
+  loseDevice(): Promise<string | null>;
   encode(messages: Message[]): Promise<number[]>;
   chat(messages: Message[], options?: ChatOptions, onToken?: ((token: ChatToken) => void) | null): Promise<ChatResult>;
   /** Stops the running or queued long requests (load, chat, extract, evaluate, screen). */

@@ -1,6 +1,7 @@
 // Personascope's JavaScript API: a small language model on WebGPU with persona vectors (monitor, steer, extract,
 // screen). The model runs in a module Web Worker (worker.js); this class turns the worker's messages into
-// promises. Types: personascope.d.ts. Every failure is a rejected promise carrying an Error with a clear message.
+// promises. Types: personascope.d.ts. Every failure is a rejected promise carrying an Error with a clear message
+// and a stable `code` (ErrorCode in personascope.d.ts) for programs to branch on.
 //
 //   import { Personascope } from './personascope.js';
 //   const ps = new Personascope();
@@ -17,15 +18,18 @@ export class Personascope {
   #pending = new Map(); // id -> {resolve, reject, onEvent, op}
   #ready = null;
   #broken = false; // the worker's engine trapped: the next loadModel starts a fresh worker
+  #lost = false; // onDeviceLost has been called
 
   /**
-   * @param {{workerUrl?: string|URL, glueUrl?: string|URL}} [options] where worker.js and the wasm-bindgen glue
+   * @param {{workerUrl?: string|URL, glueUrl?: string|URL, onDeviceLost?: (message: string) => void}} [options]
+   *   where worker.js and the wasm-bindgen glue
    *   (personascope-web.js) live; both default to this module's directory.
    */
   constructor(options = {}) {
     this.#options = {
       workerUrl: options.workerUrl ?? new URL('./worker.js', import.meta.url),
       glueUrl: options.glueUrl ?? new URL('./personascope-web.js', import.meta.url),
+      onDeviceLost: options.onDeviceLost ?? null,
     };
     this.#spawn();
   }
@@ -59,16 +63,16 @@ export class Personascope {
     this.#worker.onmessage = (e) => this.#receive(e.data);
     this.#worker.onerror = (e) => {
       e.preventDefault?.();
-      this.#failAll(`the model worker failed: ${e.message || 'it could not be started (is worker.js served?)'}`);
+      this.#failAll(`the model worker failed: ${e.message || 'it could not be started (is worker.js served?)'}`, 'engine_stopped');
     };
-    this.#worker.onmessageerror = () => this.#failAll('a message from the model worker could not be read');
+    this.#worker.onmessageerror = () => this.#failAll('a message from the model worker could not be read', 'internal');
     this.#ready = this.#request('init', { glueUrl: String(this.#options.glueUrl) });
     // Failures surface in the calls that await it; do not report an unhandled rejection here.
     this.#ready.catch(() => {});
   }
 
-  #failAll(error) {
-    for (const [, p] of this.#pending) p.reject(new Error(error));
+  #failAll(error, code) {
+    for (const [, p] of this.#pending) p.reject(coded(code, error));
     this.#pending.clear();
   }
 
@@ -86,7 +90,16 @@ export class Personascope {
     this.#pending.delete(msg.id);
     if (msg.ok) p.resolve(msg.result);
     else {
-      const err = new Error(msg.error);
+      const err = coded(msg.code ?? 'internal', msg.error);
+      if (err.code === 'device_lost' && !this.#lost) {
+        // Once per device: every later call fails the same way until the page is reloaded.
+        this.#lost = true;
+        try {
+          this.#options.onDeviceLost?.(err.message);
+        } catch (e) {
+          console.error('personascope: onDeviceLost threw', e);
+        }
+      }
       if (msg.fatal) {
         err.fatal = true;
         this.#broken = true;
@@ -96,8 +109,8 @@ export class Personascope {
   }
 
   #request(op, args = {}, onEvent = null, signal = null, transfer = []) {
-    if (!this.#worker) return Promise.reject(new Error('this Personascope was terminated'));
-    if (signal?.aborted) return Promise.reject(new Error('cancelled'));
+    if (!this.#worker) return Promise.reject(coded('engine_stopped', 'this Personascope was terminated'));
+    if (signal?.aborted) return Promise.reject(coded('cancelled', 'cancelled'));
     const id = this.#next++;
     return new Promise((resolve, reject) => {
       this.#pending.set(id, { resolve, reject, onEvent, op });
@@ -106,7 +119,7 @@ export class Personascope {
         this.#worker.postMessage({ id, op, args }, transfer);
       } catch (err) {
         this.#pending.delete(id);
-        reject(new Error(`${op}: the arguments cannot be sent to the worker (${err.message})`));
+        reject(coded('invalid_input', `${op}: the arguments cannot be sent to the worker (${err.message})`));
       }
     });
   }
@@ -129,7 +142,7 @@ export class Personascope {
   async loadModel(source, { onProgress, cache = true, warmup = true, signal } = {}) {
     if (this.#broken && this.#worker) {
       this.#worker.terminate();
-      this.#failAll('the model worker was restarted');
+      this.#failAll('the model worker was restarted', 'engine_stopped');
       this.#broken = false;
       this.#spawn();
     }
@@ -139,7 +152,15 @@ export class Personascope {
     if (typeof Blob !== 'undefined' && source instanceof Blob) {
       return this.#call('loadModel', { blob: source, name: source.name, warmup }, onProgress, signal);
     }
-    throw new Error('loadModel: the source must be a URL string, a File or a Blob');
+    throw coded('invalid_input', 'loadModel: the source must be a URL string, a File or a Blob');
+  }
+
+  /**
+   * Destroys the GPU device as a driver reset would, so that a page can test its recovery path; resolves to the
+   * loss reason. Every later call fails with code 'device_lost' until the page is reloaded.
+   */
+  async loseDevice() {
+    return this.#call('loseDevice');
   }
 
   /** Model and device facts, or null when no model is loaded. */
@@ -192,7 +213,7 @@ export class Personascope {
       const bytes = source instanceof ArrayBuffer ? new Uint8Array(source) : new Uint8Array(source.buffer, source.byteOffset, source.byteLength);
       return this.#call('importVector', { bytes: bytes.slice(), name: name ?? 'vector.gguf' });
     }
-    throw new Error('importVector: the source must be a File, Blob, ArrayBuffer or Uint8Array');
+    throw coded('invalid_input', 'importVector: the source must be a File, Blob, ArrayBuffer or Uint8Array');
   }
 
   /** The vector as a control-vector GGUF file. */
@@ -247,8 +268,15 @@ export class Personascope {
   terminate() {
     this.#worker?.terminate();
     this.#worker = null;
-    this.#failAll('this Personascope was terminated');
+    this.#failAll('this Personascope was terminated', 'engine_stopped');
   }
+}
+
+/** An Error with a stable `code`. */
+function coded(code, message) {
+  const err = new Error(message);
+  err.code = code;
+  return err;
 }
 
 function stripType(e) {

@@ -2,7 +2,7 @@
 //
 // Protocol (personascope.js is the only client):
 //   page -> worker  {id, op, args}        one request; answered once with {id, ok: true, result} or
-//                                          {id, ok: false, error, fatal?}; {id, event} messages may come first
+//                                          {id, ok: false, error, code, fatal?}; {id, event} messages may come first
 //                                          (download progress, streamed tokens, extraction progress).
 //   page -> worker  {op: 'cancel', id}    cancels that request: dropped if still queued, aborted if running.
 //
@@ -27,6 +27,13 @@ const queue = [];
 let running = null; // {id, op, cancelled}
 
 const post = (msg, transfer) => self.postMessage(msg, transfer ?? []);
+
+/** An Error with a stable `code` (the ErrorCode names of personascope.d.ts). */
+function fail(code, message) {
+  const err = new Error(message);
+  err.code = code;
+  return err;
+}
 const event = (id, payload) => post({ id, event: payload });
 
 self.onmessage = (e) => {
@@ -43,7 +50,7 @@ function cancel(id) {
   const queued = queue.findIndex((r) => r.id === id);
   if (queued >= 0) {
     const [r] = queue.splice(queued, 1);
-    post({ id: r.id, ok: false, error: 'cancelled before it started' });
+    post({ id: r.id, ok: false, error: 'cancelled before it started', code: 'cancelled' });
     return;
   }
   if (running && (id === undefined || running.id === id)) {
@@ -57,9 +64,9 @@ async function drain() {
     running = queue.shift();
     const { id, op, args } = running;
     try {
-      if (broken) throw new Error(broken);
+      if (broken) throw fail('engine_stopped', broken);
       const handler = handlers[op];
-      if (!handler) throw new Error(`unknown request "${op}"`);
+      if (!handler) throw fail('invalid_input', `unknown request "${op}"`);
       const { result, transfer } = wrap(await handler(args, (payload) => event(id, payload), running));
       post({ id, ok: true, result }, transfer);
     } catch (err) {
@@ -70,7 +77,7 @@ async function drain() {
         engine = null;
         abortHandle = null;
       }
-      post({ id, ok: false, error: message(err, op), fatal });
+      post({ id, ok: false, error: message(err, op), code: errorCode(err, fatal), fatal });
     }
     running = null;
   }
@@ -79,6 +86,13 @@ async function drain() {
 // Handlers may return {result, transfer} to move big buffers instead of copying them.
 function wrap(value) {
   return value && typeof value === 'object' && 'transfer' in value && 'result' in value ? value : { result: value };
+}
+
+function errorCode(err, fatal) {
+  if (fatal) return 'engine_stopped';
+  if (typeof err?.code === 'string') return err.code;
+  if (/recursive use of an object|already mutably borrowed/.test(String(err?.message))) return 'busy';
+  return 'internal';
 }
 
 function message(err, op) {
@@ -96,7 +110,7 @@ async function ensureWasm(glueUrl) {
   try {
     mod = await import(url);
   } catch (err) {
-    throw new Error(`could not load the engine's JavaScript (${url}): ${err.message}. Was the page built with trunk?`);
+    throw fail('engine_stopped', `could not load the engine's JavaScript (${url}): ${err.message}. Was the page built with trunk?`);
   }
   await mod.default();
   wasm = mod;
@@ -104,7 +118,7 @@ async function ensureWasm(glueUrl) {
 }
 
 function needEngine() {
-  if (!engine) throw new Error('no model is loaded: load a model first');
+  if (!engine) throw fail('no_model', 'no model is loaded: load a model first');
   return engine;
 }
 
@@ -128,7 +142,7 @@ async function readStream(stream, total, stage, progress, isCancelled) {
   for (;;) {
     if (isCancelled()) {
       await reader.cancel().catch(() => {});
-      throw new Error('cancelled');
+      throw fail('cancelled', 'cancelled');
     }
     const { done, value } = await reader.read();
     if (done) break;
@@ -168,7 +182,42 @@ async function openCaches() {
   }
 }
 
-/** The cached copy of `url` if it is whole and matches its recorded size and sha256; otherwise null + why. */
+/** The validators a response gives for its file: ETag, Last-Modified, and the size when it is exact. */
+function validators(response) {
+  const length = Number(response.headers.get('content-length') ?? NaN);
+  const exact = !response.headers.get('content-encoding') && Number.isFinite(length) && length > 0;
+  return { etag: response.headers.get('etag'), lastModified: response.headers.get('last-modified'), size: exact ? length : null };
+}
+
+/**
+ * Asks the server whether the file behind `url` changed since the copy in `meta` was saved: a HEAD request with
+ * the saved ETag / Last-Modified (304: unchanged), else a comparison of the validators it sends, strongest
+ * first. Returns {changed, checked}; unchecked (offline, a server that sends no validators, or a cross-origin host
+ * that refuses the conditional request) keeps the cached copy.
+ */
+async function revalidate(url, meta) {
+  const headers = {};
+  if (meta.etag) headers['If-None-Match'] = meta.etag;
+  if (meta.lastModified) headers['If-Modified-Since'] = meta.lastModified;
+  let response;
+  try {
+    response = await fetch(url, { method: 'HEAD', headers, cache: 'no-store' });
+  } catch {
+    return { changed: false, checked: false };
+  }
+  if (response.status === 304) return { changed: false, checked: true };
+  if (!response.ok) return { changed: false, checked: false };
+  const now = validators(response);
+  if (meta.etag && now.etag) return { changed: now.etag !== meta.etag, checked: true };
+  if (meta.lastModified && now.lastModified) return { changed: now.lastModified !== meta.lastModified, checked: true };
+  if (now.size !== null) return { changed: now.size !== meta.size, checked: true };
+  return { changed: false, checked: false };
+}
+
+/**
+ * The cached copy of `url` if it is whole, matches its recorded size and sha256, and the server does not have a
+ * newer file behind the URL; otherwise null + why.
+ */
 async function readCached(c, url, progress, isCancelled) {
   const metaResponse = await c.meta.match(url);
   const response = await c.bytes.match(url);
@@ -181,6 +230,10 @@ async function readCached(c, url, progress, isCancelled) {
   } catch {
     return { bytes: null, why: 'the integrity record is unreadable' };
   }
+  // Before reading a large copy: is it still the file the URL serves?
+  progress({ stage: 'revalidate' });
+  const fresh = await revalidate(url, meta);
+  if (fresh.changed) return { bytes: null, why: 'the file behind the URL changed since it was saved', changed: true };
   let bytes;
   try {
     ({ bytes } = await readStream(response.body, meta.size, 'cache', progress, isCancelled));
@@ -193,7 +246,7 @@ async function readCached(c, url, progress, isCancelled) {
   }
   progress({ stage: 'verify' });
   if ((await sha256Hex(bytes)) !== meta.sha256) return { bytes: null, why: 'the cached copy fails its sha256 check' };
-  return { bytes, meta };
+  return { bytes, meta, checked: fresh.checked };
 }
 
 async function download(url, progress, isCancelled) {
@@ -201,29 +254,31 @@ async function download(url, progress, isCancelled) {
   try {
     response = await fetch(url);
   } catch (err) {
-    throw new Error(
+    throw fail(
+      'download_failed',
       `could not download ${url}: ${err.message} (offline, the server does not allow this page (CORS), ` +
         `or the page's Content-Security-Policy blocks the host)`,
     );
   }
-  if (!response.ok) throw new Error(`could not download ${url}: HTTP ${response.status} ${response.statusText}`.trim());
+  if (!response.ok) throw fail('download_failed', `could not download ${url}: HTTP ${response.status} ${response.statusText}`.trim());
   const length = Number(response.headers.get('content-length') ?? 0);
   // A compressed transfer announces the compressed size: do not mistake it for the file's size.
   const exact = !response.headers.get('content-encoding');
   const total = exact ? length : 0;
-  if (!response.body) throw new Error(`could not download ${url}: the response has no body`);
+  if (!response.body) throw fail('download_failed', `could not download ${url}: the response has no body`);
   const { bytes } = await readStream(response.body, total, 'download', progress, isCancelled);
   if (exact && length > 0 && bytes.length !== length) {
-    throw new Error(`the download of ${url} stopped early: ${bytes.length} of ${length} bytes`);
+    throw fail('download_failed', `the download of ${url} stopped early: ${bytes.length} of ${length} bytes`);
   }
-  return bytes;
+  const { etag, lastModified } = validators(response);
+  return { bytes, etag, lastModified };
 }
 
 function checkGguf(bytes, name) {
   const magic = bytes.length >= 4 ? String.fromCharCode(bytes[0], bytes[1], bytes[2], bytes[3]) : '';
   if (magic !== 'GGUF') {
     const size = bytes.length === 1 ? '1 byte' : `${bytes.length} bytes`;
-    throw new Error(`${name} is not a GGUF model file (${size}; a GGUF file starts with the letters "GGUF")`);
+    throw fail('not_gguf', `${name} is not a GGUF model file (${size}; a GGUF file starts with the letters "GGUF")`);
   }
 }
 
@@ -236,18 +291,20 @@ async function modelBytes(args, progress, req) {
     return { bytes, name, cache: 'file' };
   }
   const url = new URL(args.url, self.location.href).href;
-  if (!/^https?:$/.test(new URL(url).protocol)) throw new Error(`only http(s) model URLs can be loaded, not ${url}`);
+  if (!/^https?:$/.test(new URL(url).protocol)) throw fail('invalid_input', `only http(s) model URLs can be loaded, not ${url}`);
   const c = args.cache === false ? null : await openCaches();
   let repaired = null;
+  let updated = false;
   if (c) {
     const hit = await readCached(c, url, progress, isCancelled);
-    if (hit.bytes) return { bytes: hit.bytes, name: url, cache: 'hit', sha256: hit.meta.sha256 };
+    if (hit.bytes) return { bytes: hit.bytes, name: url, cache: 'hit', sha256: hit.meta.sha256, revalidated: hit.checked };
     if (hit.why) {
       repaired = hit.why;
+      updated = Boolean(hit.changed);
       await Promise.all([c.bytes.delete(url), c.meta.delete(url)]);
     }
   }
-  const bytes = await download(url, progress, isCancelled);
+  const { bytes, etag, lastModified } = await download(url, progress, isCancelled);
   checkGguf(bytes, url);
   if (!c) return { bytes, name: url, cache: 'off' };
   progress({ stage: 'verify' });
@@ -255,14 +312,15 @@ async function modelBytes(args, progress, req) {
   try {
     // Bytes first, then the record: a copy without its record is treated as partial on the next visit.
     await c.bytes.put(url, new Response(bytes, { headers: { 'content-type': 'application/octet-stream' } }));
-    const meta = { url, size: bytes.length, sha256, saved: new Date().toISOString() };
+    const meta = { url, size: bytes.length, sha256, etag, lastModified, saved: new Date().toISOString() };
     await c.meta.put(url, new Response(JSON.stringify(meta), { headers: { 'content-type': 'application/json' } }));
   } catch (err) {
     // A full quota must not stop the model from loading; say so instead.
     await Promise.all([c.bytes.delete(url), c.meta.delete(url)]).catch(() => {});
     return { bytes, name: url, cache: 'not-saved', cacheError: err.message, sha256 };
   }
-  return { bytes, name: url, cache: repaired ? 'repaired' : 'saved', repaired, sha256 };
+  const cache = updated ? 'updated' : repaired ? 'repaired' : 'saved';
+  return { bytes, name: url, cache, repaired: updated ? null : repaired, sha256 };
 }
 
 // ---- requests ------------------------------------------------------------------------------------------------
@@ -276,12 +334,12 @@ const handlers = {
   async loadModel(args, progress, req) {
     const w = await ensureWasm(args.glueUrl);
     if (!self.navigator?.gpu) {
-      throw new Error('WebGPU is not available in this browser (navigator.gpu is missing in the worker)');
+      throw fail('no_webgpu', 'WebGPU is not available in this browser (navigator.gpu is missing in the worker)');
     }
     const started = performance.now();
     const src = await modelBytes(args, progress, req);
     const fetchMs = performance.now() - started;
-    if (req.cancelled) throw new Error('cancelled');
+    if (req.cancelled) throw fail('cancelled', 'cancelled');
     progress({ stage: 'upload', loaded: 0, total: src.bytes.length });
     let t = performance.now();
     // Load the new model before dropping the old one, so a file that fails to load leaves the page working.
@@ -309,6 +367,7 @@ const handlers = {
       sha256: src.sha256 ?? null,
       cache: src.cache,
       repaired: src.repaired ?? null,
+      revalidated: src.revalidated ?? null,
       cacheError: src.cacheError ?? null,
       timing: { fetchMs, uploadMs, warmupMs },
       vectors: parse(engine.vectors()),
@@ -320,6 +379,15 @@ const handlers = {
     engine = null;
     abortHandle = null;
     modelMeta = null;
+  },
+
+  /** Destroys the GPU device as a driver reset would: for testing a page's recovery path. */
+  async loseDevice() {
+    const e = needEngine();
+    e.loseDevice();
+    // The browser reports the loss through a promise: give it a few turns of the event loop.
+    for (let i = 0; i < 100 && !e.deviceLost(); i++) await new Promise((r) => setTimeout(r, 50));
+    return e.deviceLost() ?? null;
   },
 
   async info() {
@@ -402,7 +470,7 @@ const handlers = {
   },
 
   async csv({ header, rows }) {
-    if (!wasm) throw new Error('the engine is not initialised');
+    if (!wasm) throw fail('engine_stopped', 'the engine is not initialised');
     return wasm.csv(JSON.stringify(header), JSON.stringify(rows));
   },
 

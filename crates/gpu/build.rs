@@ -3,7 +3,10 @@
 use std::fmt::Write;
 
 fn main() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shaders");
+    // The manifest directory at run time, not `env!` at compile time: a build script binary is reused across
+    // checkouts that share a target directory, and a compiled-in path would point at another checkout's shaders.
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into());
+    let dir = std::path::Path::new(&manifest).join("../../shaders");
     println!("cargo:rerun-if-changed={}", dir.display());
     let mut names: Vec<String> = match std::fs::read_dir(&dir) {
         Ok(entries) => entries

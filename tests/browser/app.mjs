@@ -11,7 +11,7 @@
 // screen.jsonl, expected-screen.json (screen --json) and screen-out.jsonl, eval-report.json (eval --json),
 // not-a-model.txt, broken.gguf.
 import { chromium } from 'playwright-core';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -258,17 +258,35 @@ try {
           await f();
           out[name] = { ok: true };
         } catch (e) {
-          out[name] = { ok: false, message: e.message, isError: e instanceof Error };
+          out[name] = { ok: false, message: e.message, code: e.code, isError: e instanceof Error };
         }
       }
       out.stillWorks = (await ps.deviceInfo())?.layers ?? null;
       return out;
     });
     const { stillWorks, ...cases } = outcomes;
+    // Each failure's stable code (ErrorCode in personascope.d.ts), which programs branch on.
+    const codes = {
+      'no messages': 'invalid_input',
+      'a message without a role': 'invalid_input',
+      'an unknown option': 'invalid_input',
+      'a negative temperature': 'invalid_input',
+      'steering an unknown vector': 'unknown_vector',
+      'steering a layer out of range': 'invalid_input',
+      'an infinite alpha': 'invalid_input',
+      'monitoring an unknown vector': 'unknown_vector',
+      'importing junk as a vector': 'invalid_vector',
+      'exporting an unknown vector': 'unknown_vector',
+      'exporting samples before screening': 'invalid_input',
+      'screening with an unknown vector': 'unknown_vector',
+      'an unknown built-in trait': 'invalid_trait',
+      'a model URL that is not http(s)': 'invalid_input',
+    };
     const wrong = [];
     for (const [name, r] of Object.entries(cases)) {
-      console.log(`  ${name}: ${r.ok ? 'ACCEPTED' : r.message}`);
+      console.log(`  ${name}: ${r.ok ? 'ACCEPTED' : `[${r.code}] ${r.message}`}`);
       if (r.ok || !r.isError || r.message.length < 10 || /unreachable|RuntimeError|panicked/.test(r.message)) wrong.push(name);
+      else if (r.code !== codes[name]) wrong.push(`${name} (code ${r.code}, expected ${codes[name]})`);
     }
     check(wrong.length === 0, `not rejected clearly: ${wrong.join(', ')}`);
     check(stillWorks > 0, 'the engine stopped answering after the bad calls');
@@ -446,6 +464,44 @@ try {
     for (const a of [r.first, r.second, r.third, r.fourth]) check(/loading the model/.test(a.error ?? ''), `expected the engine's rejection, got ${a.error}`);
   }, ['load the default model']);
 
+  await test('the model cache notices a changed file behind the same URL', async () => {
+    // The server's Last-Modified is the file's mtime: a new file (other bytes, a later time) behind the same URL
+    // must be downloaded again, the same file must not.
+    const dir = process.env.SITE_FIXTURES;
+    check(dir, 'SITE_FIXTURES (the served fixtures directory) is not set');
+    const file = join(dir, 'changing.gguf');
+    const write = (fill, n, secs) => {
+      writeFileSync(file, Buffer.concat([Buffer.from('GGUF\x03\x00\x00\x00', 'latin1'), Buffer.alloc(n, fill)]));
+      utimesSync(file, secs, secs);
+    };
+    const t0 = Math.floor(Date.now() / 1000) - 3600;
+    write('A', 100, t0);
+    const url = `${base}/fixtures/changing.gguf`;
+    const attempt = () => page.evaluate(async (u) => {
+      const ps = window.personascope;
+      const stages = new Set();
+      let error = null;
+      await ps.loadModel(u, { onProgress: (p) => stages.add(p.stage) }).catch((e) => { error = e.message; });
+      const entry = (await ps.cacheStatus()).entries.find((e) => e.url === u) ?? null;
+      return { stages: [...stages], error, entry };
+    }, url);
+    await page.evaluate((u) => window.personascope.clearCache(u), url);
+    const first = await attempt();
+    const same = await attempt();
+    write('B', 200, t0 + 60);
+    const changed = await attempt();
+    const again = await attempt();
+    await page.evaluate((u) => window.personascope.clearCache(u), url);
+    console.log(`  ${JSON.stringify({ first, same, changed, again })}`);
+    check(first.stages.includes('download') && first.entry?.size === 108, 'the first load should download and cache 108 bytes');
+    check(first.entry.lastModified, 'the cache record keeps the server\'s Last-Modified');
+    check(same.stages.includes('revalidate') && same.stages.includes('cache') && !same.stages.includes('download'), 'an unchanged file should come from the cache after a check');
+    check(changed.stages.includes('revalidate') && changed.stages.includes('download'), 'a changed file must be downloaded again');
+    check(changed.entry?.size === 208 && changed.entry.sha256 !== first.entry.sha256, `the cache should now hold the new file: ${JSON.stringify(changed.entry)}`);
+    check(again.stages.includes('cache') && !again.stages.includes('download'), 'the new copy should be used from the cache');
+    for (const a of [first, same, changed, again]) check(/loading the model/.test(a.error ?? ''), `expected the engine's rejection, got ${a.error}`);
+  }, ['load the default model']);
+
   await test('the next visit loads the model from the browser cache', async () => {
     await page.reload();
     await page.waitForSelector('body[data-ready="true"]', { timeout: 60_000 });
@@ -576,6 +632,27 @@ try {
     check(readFileSync(await saved.path()).subarray(0, 4).toString('latin1') === 'GGUF', 'Save did not give a GGUF file');
     await screenshot('extract-result');
   }, ['the next visit loads the model from the browser cache']);
+
+  await test('a lost GPU device is reported and the page offers a reload', async () => {
+    // Last of the model tests: the device is gone for good afterwards (the reload brings a new one).
+    const reason = await page.evaluate(() => window.personascope.loseDevice());
+    console.log(`  device lost: ${reason}`);
+    check(typeof reason === 'string' && reason.length > 0, `loseDevice gave no reason: ${reason}`);
+    await tab('chat');
+    await page.fill('[data-testid="chat-input"]', 'Hi');
+    await page.click('[data-testid="chat-send"]');
+    const reply = page.locator('[data-testid="chat-reply"]').last();
+    await page.waitForFunction(() => [...document.querySelectorAll('[data-testid="chat-reply"]')].pop()?.dataset.done === 'true', null, { timeout: 60_000 });
+    const error = await reply.getAttribute('data-error');
+    check(error && /lost/.test(error) && /reload/.test(error), `the reply should fail with the device loss: ${error}`);
+    await page.waitForSelector('[data-testid="device-lost"]:not([hidden])', { timeout: 10_000 });
+    const shown = await page.textContent('#device-lost-reason');
+    check(/lost/.test(shown), `the alert does not say why: ${shown}`);
+    await screenshot('device-lost');
+    await page.click('[data-testid="device-lost-reload"]');
+    await page.waitForSelector('body[data-ready="true"]', { timeout: 60_000 });
+    check(await page.locator('[data-testid="device-lost"]').isHidden(), 'the alert should be gone after the reload');
+  }, ['load the default model']);
 
   await test('no request to another host', async () => {
     const origin = new URL(base).origin;

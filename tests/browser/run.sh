@@ -102,4 +102,4 @@ for _ in $(seq 50); do
 done
 
 step "headless Chromium"
-node "$here/app.mjs" "http://127.0.0.1:$port" "$fx" "$artifacts"
+SITE_FIXTURES="$site/fixtures" node "$here/app.mjs" "http://127.0.0.1:$port" "$fx" "$artifacts"

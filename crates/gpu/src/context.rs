@@ -64,7 +64,8 @@ impl Gpu {
         let sink = trouble.clone();
         device.set_device_lost_callback(move |reason, msg| {
             if let Ok(mut slot) = sink.lock() {
-                *slot = Some(GpuError::DeviceLost(format!("{reason:?}: {msg}")));
+                let why = if msg.is_empty() { format!("{reason:?}") } else { format!("{reason:?}: {msg}") };
+                *slot = Some(GpuError::DeviceLost(why));
             }
         });
         Gpu { device, queue, adapter, caps, limits, trouble }
@@ -72,10 +73,19 @@ impl Gpu {
 
     /// Err with the first device error or the loss of the device, if either happened.
     pub fn health(&self) -> Result<()> {
-        match self.trouble.lock().ok().and_then(|slot| slot.as_ref().map(|e| e.to_string())) {
+        let slot = self.trouble.lock().ok();
+        match slot.as_ref().and_then(|s| s.as_ref()) {
             None => Ok(()),
-            Some(msg) if msg.starts_with("the GPU device was lost") => Err(GpuError::DeviceLost(msg)),
-            Some(msg) => Err(GpuError::Validation { what: "the GPU device".into(), msg }),
+            Some(GpuError::DeviceLost(reason)) => Err(GpuError::DeviceLost(reason.clone())),
+            Some(e) => Err(GpuError::Validation { what: "the GPU device".into(), msg: e.to_string() }),
+        }
+    }
+
+    /// Why the device was lost (the driver's reason and message), once it has been.
+    pub fn lost(&self) -> Option<String> {
+        match self.trouble.lock().ok()?.as_ref()? {
+            GpuError::DeviceLost(reason) => Some(reason.clone()),
+            _ => None,
         }
     }
 

@@ -293,3 +293,20 @@ fn device_errors_are_reported_not_panics() {
     let err = own.health().expect_err("the invalid copy must be reported");
     assert!(err.to_string().contains("GPU"), "{err}");
 }
+
+#[test]
+fn a_lost_device_is_reported_once_with_its_reason() {
+    let own = personascope_gpu::Gpu::request_blocking(
+        personascope_gpu::AdapterChoice::Fallback,
+        personascope_gpu::wgpu::Backends::VULKAN,
+    )
+    .expect("second device");
+    assert_eq!(own.lost(), None);
+    own.device.destroy();
+    let _ = own.device.poll(personascope_gpu::wgpu::PollType::wait_indefinitely());
+    assert_eq!(own.lost().as_deref(), Some("Destroyed"));
+    let err = own.health().expect_err("the loss must be reported");
+    assert!(matches!(err, personascope_gpu::GpuError::DeviceLost(_)), "{err:?}");
+    // The message names the loss once (it was doubled: "was lost: the GPU device was lost: ...").
+    assert_eq!(err.to_string(), "the GPU device was lost: Destroyed");
+}

@@ -3,22 +3,30 @@
 //! exist on wasm32 only and are a thin layer: JSON strings in and out (the shapes are documented in
 //! `web/personascope.d.ts`).
 //!
-//! Nothing reachable from JavaScript panics on purpose: every failure comes back as a `JsError` (a rejected
-//! promise) with a message saying what failed.
+//! Nothing reachable from JavaScript panics on purpose: every failure comes back as a JavaScript `Error` (a
+//! rejected promise) with a message saying what failed and a stable `code` ([`ErrorCode`]) saying what kind of
+//! failure it was.
 
+pub mod error;
 pub mod session;
 
+pub use error::{ApiError, ErrorCode};
 pub use session::{Session, MAX_POSITIONS};
 
 #[cfg(target_arch = "wasm32")]
 mod bindings {
     use super::session::{self, Session};
+    use super::ApiError;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     use wasm_bindgen::prelude::*;
 
-    fn js(msg: String) -> JsError {
-        JsError::new(&msg)
+    /// A JavaScript `Error` with the message and a `code` property.
+    fn js(e: ApiError) -> JsValue {
+        let err = js_sys::Error::new(&e.message);
+        // Setting a property on a fresh Error object cannot fail; if it did, the message alone still goes out.
+        let _ = js_sys::Reflect::set(&err, &JsValue::from_str("code"), &JsValue::from_str(e.code.as_str()));
+        err.into()
     }
 
     /// Reports Rust panics (bugs) on the browser console instead of an opaque `unreachable` trap.
@@ -56,7 +64,7 @@ mod bindings {
 
     /// CSV text of `rows_json` (`[[field, ...], ...]`) under `header_json` (`[name, ...]`), formula-injection safe.
     #[wasm_bindgen]
-    pub fn csv(header_json: String, rows_json: String) -> Result<String, JsError> {
+    pub fn csv(header_json: String, rows_json: String) -> Result<String, JsValue> {
         Session::csv(&header_json, &rows_json).map_err(js)
     }
 
@@ -70,7 +78,7 @@ mod bindings {
     impl Engine {
         /// Requests the WebGPU adapter and loads a GGUF model from its bytes; `on_progress(done, total)`, if
         /// given, follows the upload of the weights.
-        pub async fn load(bytes: js_sys::Uint8Array, on_progress: Option<js_sys::Function>) -> Result<Engine, JsError> {
+        pub async fn load(bytes: js_sys::Uint8Array, on_progress: Option<js_sys::Function>) -> Result<Engine, JsValue> {
             let bytes = bytes.to_vec();
             let mut progress = |done: usize, total: usize| {
                 if let Some(f) = &on_progress {
@@ -99,23 +107,36 @@ mod bindings {
             self.session.model_name().to_string()
         }
 
+        /// Why the GPU device was lost, or undefined while it works. After a loss every call fails with code
+        /// `device_lost`; only a new device (reloading the page) brings the engine back.
+        #[wasm_bindgen(js_name = deviceLost)]
+        pub fn device_lost(&self) -> Option<String> {
+            self.session.device_lost()
+        }
+
+        /// Destroys the GPU device as a driver reset would (for testing a page's recovery path).
+        #[wasm_bindgen(js_name = loseDevice)]
+        pub fn lose_device(&self) {
+            self.session.lose_device()
+        }
+
         /// Model and device facts (JSON).
         pub fn info(&self) -> String {
             self.session.info().to_string()
         }
 
         /// Prompt ids for `messages_json` (the chat template applied).
-        pub fn encode(&self, messages_json: String) -> Result<Vec<u32>, JsError> {
-            self.session.encode(&messages_json).map_err(js)
+        pub fn encode(&self, messages_json: String) -> Result<Vec<u32>, JsValue> {
+            self.session.encode(&messages_json).map_err(|e| js(self.session.seal(e)))
         }
 
         /// Greedy reply ids to `messages_json`, at most `max_tokens`, unsteered and unmonitored.
-        pub async fn greedy(&mut self, messages_json: String, max_tokens: u32) -> Result<Vec<u32>, JsError> {
-            self.session.greedy(&messages_json, max_tokens as usize).await.map_err(js)
+        pub async fn greedy(&mut self, messages_json: String, max_tokens: u32) -> Result<Vec<u32>, JsValue> {
+            self.session.greedy(&messages_json, max_tokens as usize).await.map_err(|e| js(self.session.seal(e)))
         }
 
-        pub fn decode(&self, ids: Vec<u32>) -> Result<String, JsError> {
-            self.session.decode(&ids).map_err(js)
+        pub fn decode(&self, ids: Vec<u32>) -> Result<String, JsValue> {
+            self.session.decode(&ids).map_err(|e| js(self.session.seal(e)))
         }
 
         /// A streamed reply (JSON) with the current steering and monitoring; `on_token` gets one JSON string per
@@ -125,36 +146,43 @@ mod bindings {
             messages_json: String,
             options_json: String,
             on_token: js_sys::Function,
-        ) -> Result<String, JsError> {
-            let out =
-                self.session.chat(&messages_json, &options_json, &mut |v| emit(&on_token, v)).await.map_err(js)?;
+        ) -> Result<String, JsValue> {
+            let out = self
+                .session
+                .chat(&messages_json, &options_json, &mut |v| emit(&on_token, v))
+                .await
+                .map_err(|e| js(self.session.seal(e)))?;
             Ok(out.to_string())
         }
 
         #[wasm_bindgen(js_name = setSteering)]
-        pub fn set_steering(&mut self, json: String) -> Result<(), JsError> {
-            self.session.set_steering(&json).map_err(js)
+        pub fn set_steering(&mut self, json: String) -> Result<(), JsValue> {
+            self.session.set_steering(&json).map_err(|e| js(self.session.seal(e)))
         }
 
         #[wasm_bindgen(js_name = setMonitor)]
-        pub fn set_monitor(&mut self, json: String) -> Result<(), JsError> {
-            self.session.set_monitor(&json).map_err(js)
+        pub fn set_monitor(&mut self, json: String) -> Result<(), JsValue> {
+            self.session.set_monitor(&json).map_err(|e| js(self.session.seal(e)))
         }
 
         /// Imports a control-vector GGUF; returns its info (JSON, with its id).
         #[wasm_bindgen(js_name = importVector)]
-        pub fn import_vector(&mut self, bytes: js_sys::Uint8Array, file_name: String) -> Result<String, JsError> {
-            Ok(self.session.import_vector(&bytes.to_vec(), &file_name).map_err(js)?.to_string())
+        pub fn import_vector(&mut self, bytes: js_sys::Uint8Array, file_name: String) -> Result<String, JsValue> {
+            Ok(self
+                .session
+                .import_vector(&bytes.to_vec(), &file_name)
+                .map_err(|e| js(self.session.seal(e)))?
+                .to_string())
         }
 
         #[wasm_bindgen(js_name = exportVector)]
-        pub fn export_vector(&self, id: u32) -> Result<Vec<u8>, JsError> {
-            self.session.export_vector(id as usize).map_err(js)
+        pub fn export_vector(&self, id: u32) -> Result<Vec<u8>, JsValue> {
+            self.session.export_vector(id as usize).map_err(|e| js(self.session.seal(e)))
         }
 
         #[wasm_bindgen(js_name = removeVector)]
-        pub fn remove_vector(&mut self, id: u32) -> Result<(), JsError> {
-            self.session.remove_vector(id as usize).map_err(js)
+        pub fn remove_vector(&mut self, id: u32) -> Result<(), JsValue> {
+            self.session.remove_vector(id as usize).map_err(|e| js(self.session.seal(e)))
         }
 
         /// Info of every loaded vector (JSON array).
@@ -167,9 +195,12 @@ mod bindings {
             trait_json: String,
             options_json: String,
             on_progress: js_sys::Function,
-        ) -> Result<String, JsError> {
-            let out =
-                self.session.extract(&trait_json, &options_json, &mut |v| emit(&on_progress, v)).await.map_err(js)?;
+        ) -> Result<String, JsValue> {
+            let out = self
+                .session
+                .extract(&trait_json, &options_json, &mut |v| emit(&on_progress, v))
+                .await
+                .map_err(|e| js(self.session.seal(e)))?;
             Ok(out.to_string())
         }
 
@@ -179,12 +210,12 @@ mod bindings {
             vector: u32,
             options_json: String,
             on_progress: js_sys::Function,
-        ) -> Result<String, JsError> {
+        ) -> Result<String, JsValue> {
             let out = self
                 .session
                 .evaluate(&trait_json, vector as usize, &options_json, &mut |v| emit(&on_progress, v))
                 .await
-                .map_err(js)?;
+                .map_err(|e| js(self.session.seal(e)))?;
             Ok(out.to_string())
         }
 
@@ -194,19 +225,19 @@ mod bindings {
             jsonl: Vec<u8>,
             options_json: String,
             on_progress: js_sys::Function,
-        ) -> Result<String, JsError> {
+        ) -> Result<String, JsValue> {
             let out = self
                 .session
                 .screen(vector as usize, &jsonl, &options_json, &mut |v| emit(&on_progress, v))
                 .await
-                .map_err(js)?;
+                .map_err(|e| js(self.session.seal(e)))?;
             Ok(out.to_string())
         }
 
         /// The original lines of the last screened dataset with the given line numbers (JSON array), as JSONL.
         #[wasm_bindgen(js_name = exportSamples)]
-        pub fn export_samples(&self, lines_json: String) -> Result<String, JsError> {
-            self.session.export_samples(&lines_json).map_err(js)
+        pub fn export_samples(&self, lines_json: String) -> Result<String, JsValue> {
+            self.session.export_samples(&lines_json).map_err(|e| js(self.session.seal(e)))
         }
     }
 }

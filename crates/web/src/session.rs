@@ -21,14 +21,17 @@ use serde_json::{json, Value};
 /// KV-cache rows in the browser: enough for a chat, small enough for any WebGPU adapter.
 pub const MAX_POSITIONS: usize = 1024;
 
-pub type Result<T> = std::result::Result<T, String>;
+pub use crate::error::{ApiError, ErrorCode};
 
-fn err(e: impl std::fmt::Display) -> String {
-    e.to_string()
+pub type Result<T> = std::result::Result<T, ApiError>;
+
+/// A rejected input (serde, the sampler's and the steering's own checks).
+fn err(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(ErrorCode::InvalidInput, e.to_string())
 }
 
 fn parse<T: serde::de::DeserializeOwned>(what: &str, json: &str) -> Result<T> {
-    serde_json::from_str(json).map_err(|e| format!("{what}: {e}"))
+    serde_json::from_str(json).map_err(|e| format!("{what}: {e}").into())
 }
 
 #[derive(Deserialize)]
@@ -141,7 +144,9 @@ impl Session {
         backends: personascope_gpu::wgpu::Backends,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
-        let gpu = Gpu::request(AdapterChoice::HighPerformance, backends).await.map_err(|e| format!("WebGPU: {e}"))?;
+        let gpu = Gpu::request(AdapterChoice::HighPerformance, backends)
+            .await
+            .map_err(|e| ApiError::from(e).context("WebGPU"))?;
         Self::on_gpu(gpu, bytes, progress).await
     }
 
@@ -155,9 +160,12 @@ impl Session {
             }
         }));
         let options = EngineOptions { max_positions: MAX_POSITIONS, ..EngineOptions::default() };
-        let model = GpuModel::load_with_progress(gpu, bytes, options, progress)
-            .await
-            .map_err(|e| format!("loading the model: {e}"))?;
+        let model = GpuModel::load_with_progress(gpu, bytes, options, progress).await.map_err(|e| {
+            // What the loader rejects in the file (as opposed to the GPU's limits) is the model's fault.
+            let e = ApiError::from(e);
+            let code = if e.code == ErrorCode::InvalidInput { ErrorCode::InvalidModel } else { e.code };
+            ApiError::new(code, e.message).context("loading the model")
+        })?;
         let session = Session {
             model,
             errors,
@@ -193,8 +201,33 @@ impl Session {
         if list.is_empty() {
             Ok(())
         } else {
-            Err(format!("GPU error while {what}: {}", list.join("; ")))
+            let code = if self.device_lost().is_some() { ErrorCode::DeviceLost } else { ErrorCode::GpuError };
+            Err(ApiError::new(code, format!("GPU error while {what}: {}", list.join("; "))))
         }
+    }
+
+    /// Why the GPU device was lost, once it has been: every call fails from then on, and only a new device (a
+    /// reload of the page) brings the engine back.
+    pub fn device_lost(&self) -> Option<String> {
+        self.model.gpu.lost()
+    }
+
+    /// Destroys the GPU device as a driver reset would, so that a page can test its recovery path (the device is
+    /// gone for good: every later call fails with [`ErrorCode::DeviceLost`]).
+    pub fn lose_device(&self) {
+        self.model.gpu.device.destroy();
+        // The loss callback runs on the device's next maintenance.
+        let _ = self.model.gpu.device.poll(personascope_gpu::wgpu::PollType::Poll);
+    }
+
+    /// `e` as the caller should see it: after a device loss every failure is that loss, whatever step noticed it.
+    pub fn seal(&self, e: ApiError) -> ApiError {
+        let Some(reason) = self.device_lost() else { return e };
+        let mut message = format!("the GPU device was lost ({reason}); reload the page to continue");
+        if e.code != ErrorCode::DeviceLost {
+            message.push_str(&format!(" [{}]", e.message));
+        }
+        ApiError::new(ErrorCode::DeviceLost, message)
     }
 
     /// The adapter (browsers may hide its name) and the optional features in use.
@@ -238,7 +271,10 @@ impl Session {
     /// Prompt ids of `messages_json` (`[{"role", "content"}, ...]`) with the chat template applied.
     pub fn encode(&self, messages_json: &str) -> Result<Vec<u32>> {
         let messages = Self::messages(messages_json)?;
-        self.model.template.encode_prompt(&self.model.tokenizer, &messages).map_err(|e| format!("chat template: {e}"))
+        self.model
+            .template
+            .encode_prompt(&self.model.tokenizer, &messages)
+            .map_err(|e| format!("chat template: {e}").into())
     }
 
     /// Greedy reply ids (without the end-of-turn token), at most `max_tokens`, with no steering or monitoring.
@@ -249,33 +285,37 @@ impl Session {
             .model
             .generate(&prompt, max_tokens, &SamplingParams::greedy(), &mut |_, _| Flow::Continue)
             .await
-            .map_err(|e| format!("generation: {e}"))?;
+            .map_err(|e| ApiError::from(e).context("generation"))?;
         self.check("generating")?;
         Ok(g.ids)
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.model.tokenizer.decode(ids, true).map_err(|e| format!("decoding: {e}"))
+        self.model.tokenizer.decode(ids, true).map_err(|e| format!("decoding: {e}").into())
     }
 
     fn check_prompt(&self, prompt: &[u32]) -> Result<()> {
         let room = self.model.options().max_positions;
         if prompt.len() >= room {
-            return Err(format!("the conversation has {} tokens; this engine holds {room}", prompt.len()));
+            return Err(ApiError::new(
+                ErrorCode::TooLong,
+                format!("the conversation has {} tokens; this engine holds {room}", prompt.len()),
+            ));
         }
         Ok(())
     }
 
     fn vector(&self, id: usize) -> Result<&TraitVector> {
-        self.vectors.get(id).and_then(Option::as_ref).ok_or_else(|| format!("no trait vector with id {id}"))
+        self.vectors
+            .get(id)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| ApiError::new(ErrorCode::UnknownVector, format!("no trait vector with id {id}")))
     }
 
     fn steering_for(&self, prompt_len: usize) -> Result<Vec<Steering>> {
         self.steering
             .iter()
-            .map(|&(id, layer, alpha, pos)| {
-                steer::steering(self.vector(id)?, layer, alpha, pos, prompt_len).map_err(err)
-            })
+            .map(|&(id, layer, alpha, pos)| Ok(steer::steering(self.vector(id)?, layer, alpha, pos, prompt_len)?))
             .collect()
     }
 
@@ -344,8 +384,7 @@ impl Session {
             },
             &mut |_| Flow::Continue,
         )
-        .await
-        .map_err(err)?;
+        .await?;
         let reply = replies.pop().ok_or("no reply")?;
         self.check("generating")?;
         let token_scores: Vec<Value> = reply.scores.iter().map(|s| self.scores_json(s)).collect();
@@ -369,11 +408,11 @@ impl Session {
         for e in entries {
             let v = self.vector(e.vector)?;
             if !e.alpha.is_finite() {
-                return Err(format!("steering alpha {} is not a finite number", e.alpha));
+                return Err(format!("steering alpha {} is not a finite number", e.alpha).into());
             }
             let positions: Positions = e.positions.parse().map_err(err)?;
             // Validates the layer against the vector.
-            steer::steering(v, e.layer, e.alpha, positions, 1).map_err(err)?;
+            steer::steering(v, e.layer, e.alpha, positions, 1)?;
             steering.push((e.vector, e.layer, e.alpha, positions));
         }
         self.steering = steering;
@@ -384,11 +423,12 @@ impl Session {
     pub fn set_monitor(&mut self, json: &str) -> Result<()> {
         let entries: Vec<MonitorEntry> = parse("monitor", json)?;
         if entries.len() > self.model.options().max_traits {
-            return Err(format!("{} monitored traits; at most {}", entries.len(), self.model.options().max_traits));
+            let most = self.model.options().max_traits;
+            return Err(format!("{} monitored traits; at most {most}", entries.len()).into());
         }
         let readings = entries
             .iter()
-            .map(|e| Ok((e.vector, Reading::new(self.vector(e.vector)?, e.layer).map_err(err)?)))
+            .map(|e| Ok((e.vector, Reading::new(self.vector(e.vector)?, e.layer)?)))
             .collect::<Result<Vec<_>>>()?;
         self.monitor = readings;
         Ok(())
@@ -415,19 +455,22 @@ impl Session {
 
     fn add_vector(&mut self, v: TraitVector) -> Result<Value> {
         let c = &self.model.config;
-        let v = v.for_model(c.arch.name(), Some(&self.model.name), c.n_layers, c.d_model).map_err(err)?;
+        let v = v
+            .for_model(c.arch.name(), Some(&self.model.name), c.n_layers, c.d_model)
+            .map_err(|e| ApiError::new(ErrorCode::InvalidVector, e.to_string()))?;
         self.vectors.push(Some(v));
         self.vector_info(self.vectors.len() - 1)
     }
 
     /// Imports a control-vector GGUF (ours, llama.cpp's or repeng's) made for this model.
     pub fn import_vector(&mut self, bytes: &[u8], file_name: &str) -> Result<Value> {
-        let v = vector_file::from_gguf(bytes, file_name).map_err(err)?;
+        let v = vector_file::from_gguf(bytes, file_name)
+            .map_err(|e| ApiError::new(ErrorCode::InvalidVector, e.to_string()))?;
         self.add_vector(v)
     }
 
     pub fn export_vector(&self, id: usize) -> Result<Vec<u8>> {
-        vector_file::to_gguf(self.vector(id)?).map_err(err)
+        vector_file::to_gguf(self.vector(id)?).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))
     }
 
     pub fn vectors(&self) -> Value {
@@ -473,16 +516,14 @@ impl Session {
             on_progress(json!({ "stage": "extract", "done": p.done, "total": p.total }));
             flow(&abort)
         })
-        .await
-        .map_err(err)?;
+        .await?;
         let mut v = ex.vector;
         let abort = self.abort.clone();
         let calibration = monitor::calibrate_with_progress(b, &v, &neutral(o.calibration_items), &mut |p| {
             on_progress(json!({ "stage": "calibrate", "done": p.done, "total": p.total }));
             flow(&abort)
         })
-        .await
-        .map_err(err)?;
+        .await?;
         v.meta.calibration = Some(calibration);
         self.check("extracting")?;
         self.add_vector(v)
@@ -515,15 +556,14 @@ impl Session {
             on_progress(json!({ "stage": p.stage, "done": p.done, "total": p.total }));
             flow(&abort)
         })
-        .await
-        .map_err(err)?;
+        .await?;
         self.check("evaluating")?;
         if let Some(Some(v)) = self.vectors.get_mut(id) {
             v.meta.layer = Some(report.recommended.layer);
             v.meta.alpha = report.recommended.alpha;
             v.meta.screen_layer = Some(report.recommended.screen_layer);
         }
-        serde_json::to_value(&report).map_err(err)
+        serde_json::to_value(&report).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))
     }
 
     /// Screens a JSONL dataset with vector `id`. Malformed lines are listed, not fatal; cancel keeps the scores so
@@ -560,8 +600,7 @@ impl Session {
                     on_progress(json!({ "stage": "screen", "done": p.done, "total": p.total }));
                     flow(&abort)
                 })
-                .await
-                .map_err(err)?,
+                .await?,
             )
         };
         self.check("screening")?;
@@ -658,10 +697,12 @@ fn finite(x: f32) -> Option<f32> {
 fn trait_from_json(json: &str) -> Result<TraitDefinition> {
     if let Ok(name) = serde_json::from_str::<String>(json) {
         return personascope_persona::builtin_by_name(&name).ok_or_else(|| {
-            format!("no built-in trait {name:?} (built in: {})", personascope_persona::BUILTIN_NAMES.join(", "))
+            let names = personascope_persona::BUILTIN_NAMES.join(", ");
+            ApiError::new(ErrorCode::InvalidTrait, format!("no built-in trait {name:?} (built in: {names})"))
         });
     }
-    personascope_persona::parse(json).map_err(|e| format!("trait definition: {e}"))
+    personascope_persona::parse(json)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidTrait, format!("trait definition: {e}")))
 }
 
 /// The built-in trait definitions.

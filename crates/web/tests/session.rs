@@ -3,7 +3,7 @@
 
 use personascope_gpu::{AdapterChoice, Gpu};
 use personascope_tests::default_model;
-use personascope_web::Session;
+use personascope_web::{ErrorCode, Session};
 use serde_json::Value;
 use std::sync::atomic::Ordering;
 
@@ -119,3 +119,60 @@ fn chat_extract_monitor_steer_screen_and_vectors() {
     assert!(pollster::block_on(s.chat(MESSAGES, r#"{"temperature":-1}"#, &mut |_| {})).is_err());
     assert!(pollster::block_on(s.chat(MESSAGES, r#"{"bogus":1}"#, &mut |_| {})).is_err());
 }
+
+#[test]
+fn a_lost_device_is_reported_with_its_code_by_every_later_call() {
+    let mut s = session();
+    assert_eq!(s.device_lost(), None);
+    s.lose_device();
+    let reason = s.device_lost().expect("the loss is noticed");
+    assert!(!reason.is_empty());
+    let e = pollster::block_on(s.chat(MESSAGES, r#"{"max_tokens":2}"#, &mut |_| {}))
+        .map(|_| ())
+        .map_err(|e| s.seal(e))
+        .expect_err("no reply from a lost device");
+    assert_eq!(e.code, ErrorCode::DeviceLost, "{e}");
+    assert!(e.message.contains("reload"), "{e}");
+    // An input error after the loss is reported as the loss too: the page must offer a reload, not a fix.
+    let e = s.set_steering("not json").map_err(|e| s.seal(e)).expect_err("bad json");
+    assert_eq!(e.code, ErrorCode::DeviceLost, "{e}");
+}
+
+#[test]
+fn errors_carry_the_code_of_their_kind() {
+    let mut s = session();
+    let code = |r: Result<Value, personascope_web::ApiError>| r.map(|_| ()).expect_err("must fail").code;
+    assert_eq!(code(s.import_vector(b"junk", "junk.gguf")), ErrorCode::InvalidVector);
+    assert_eq!(code(pollster::block_on(s.chat("[]", "{}", &mut |_| {}))), ErrorCode::InvalidInput);
+    let long = format!(r#"[{{"role":"user","content":"{}"}}]"#, "cat ".repeat(2000));
+    assert_eq!(code(pollster::block_on(s.chat(&long, "{}", &mut |_| {}))), ErrorCode::TooLong);
+    assert_eq!(s.export_vector(3).map(|_| ()).expect_err("no vector").code, ErrorCode::UnknownVector);
+    assert_eq!(code(pollster::block_on(s.extract(r#""grumpy""#, "", &mut |_| {}))), ErrorCode::InvalidTrait);
+    assert_eq!(code(pollster::block_on(s.screen(9, b"{}", "", &mut |_| {}))), ErrorCode::UnknownVector);
+    assert_eq!(s.device_lost(), None);
+}
+
+#[test]
+fn the_typescript_declarations_list_every_error_code() {
+    let dts = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../web/personascope.d.ts"))
+        .expect("web/personascope.d.ts");
+    let start = dts.find("export type ErrorCode =").expect("an ErrorCode type in personascope.d.ts");
+    let end = start + dts[start..].find(';').expect("the type ends with ;");
+    let listed: Vec<&str> = dts[start..end].split('\'').skip(1).step_by(2).collect();
+    let ours: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+    for c in &ours {
+        assert!(listed.contains(c), "personascope.d.ts lacks the engine's code {c:?}");
+    }
+    // The worker adds codes of its own (no model loaded, download failures, ...); each is one it really gives.
+    let worker = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../web/worker.js")).expect("worker");
+    for c in &listed {
+        assert!(ours.contains(c) || WORKER_CODES.contains(c), "personascope.d.ts lists an unknown code {c:?}");
+    }
+    for c in WORKER_CODES {
+        assert!(listed.contains(&c), "personascope.d.ts lacks the worker's code {c:?}");
+        assert!(worker.contains(&format!("'{c}'")), "web/worker.js never gives the code {c:?}");
+    }
+}
+
+/// Codes the worker (web/worker.js) gives to failures outside the engine.
+const WORKER_CODES: [&str; 5] = ["no_model", "busy", "engine_stopped", "download_failed", "not_gguf"];
