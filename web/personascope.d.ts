@@ -2,6 +2,22 @@
 // PersonascopeError: its message says what failed, its `code` what kind of failure it was; nothing in the engine
 // panics into JavaScript. Residual index `layer` runs over 0..=N for a model of N blocks (0 = embeddings, k =
 // output of block k-1).
+//
+// The JSON shapes the engine takes and gives are generated from its Rust types into personascope-api.d.ts
+// (re-exported here); this file adds what the worker and this class add around them.
+
+import type * as api from './personascope-api';
+import type {
+  EvalReport, Features, InstructionPair, EvaluationQuestion, LayerRow, LineMessage, Message, ModelInfo,
+  MonitorEntry, Null, Progress, Recommendation, Role, ScreenedSample, ScreenResult, SteeringEntry, SteerRow,
+  StopReason, TraitDefinition, TraitScore, VectorInfo,
+} from './personascope-api';
+
+export type {
+  EvalReport, Features, InstructionPair, EvaluationQuestion, LayerRow, LineMessage, Message, ModelInfo,
+  MonitorEntry, Null, Progress, Recommendation, Role, ScreenedSample, ScreenResult, SteeringEntry, SteerRow,
+  StopReason, TraitDefinition, TraitScore, VectorInfo,
+};
 
 /**
  * What kind of failure a call met. Stable: a code is never renamed or reused for another kind of failure.
@@ -16,22 +32,12 @@
  * - no_model: no model is loaded; busy: the engine was in another call; engine_stopped: the worker or the
  *   engine stopped (load a model again); internal: a bug.
  */
-export type ErrorCode =
-  | 'invalid_input' | 'invalid_trait' | 'invalid_model' | 'invalid_vector' | 'unknown_vector' | 'too_long'
-  | 'cancelled' | 'out_of_memory' | 'gpu_error' | 'device_lost' | 'no_webgpu' | 'internal'
-  | 'no_model' | 'busy' | 'engine_stopped' | 'download_failed' | 'not_gguf';
+export type ErrorCode = api.EngineErrorCode | 'no_model' | 'busy' | 'engine_stopped' | 'download_failed' | 'not_gguf';
 
 export interface PersonascopeError extends Error {
   code: ErrorCode;
   /** Set when the engine stopped (a trap): the next loadModel starts a new worker. */
   fatal?: boolean;
-}
-
-export type Role = 'system' | 'user' | 'assistant';
-
-export interface Message {
-  role: Role;
-  content: string;
 }
 
 /**
@@ -44,18 +50,6 @@ export interface LoadProgress {
   loaded?: number;
   /** 0 when the server did not announce a size. */
   total?: number;
-}
-
-export interface ModelInfo {
-  model: string;
-  architecture: string;
-  layers: number;
-  width: number;
-  vocab: number;
-  max_positions: number;
-  gpu_bytes: number;
-  adapter: string;
-  features: { f16: boolean; subgroups: boolean; timestamps: boolean };
 }
 
 export interface ModelLoad {
@@ -84,182 +78,24 @@ export interface DeviceInfo extends ModelInfo {
   source: { name: string; bytes: number; cache: string; sha256: string | null } | null;
 }
 
-/** A monitored trait's reading of one token: raw projection, z-score and percentile against the neutral set. */
-export interface TraitScore {
-  trait: string;
-  layer: number;
-  raw: number | null;
-  z: number | null;
-  percentile: number | null;
-}
+/** The engine's chat options plus a signal that stops the reply, like abort(). */
+export type ChatOptions = api.ChatOptions & { signal?: AbortSignal };
 
-export interface ChatOptions {
-  /** Default 256. */
-  max_tokens?: number;
-  /** 0 (default) is greedy. */
-  temperature?: number;
-  /** 0 = all tokens. */
-  top_k?: number;
-  top_p?: number;
-  repetition_penalty?: number;
-  seed?: number;
-  /** Ignore the steering settings for this reply (the unsteered side of a comparison). */
-  unsteered?: boolean;
-  /** Stops the reply, like abort(). */
-  signal?: AbortSignal;
-}
-
-export interface ChatToken {
-  id: number;
-  text: string;
-  index: number;
-  /** One entry per monitored trait, in setMonitor order. */
-  scores: TraitScore[];
+export type ChatToken = api.ChatToken & {
   /** Milliseconds since the request started. */
   ms: number;
-}
+};
 
-export interface ChatResult {
-  ids: number[];
-  text: string;
-  stop: 'end_of_turn' | 'max_tokens' | 'context_full' | 'cancelled';
-  prompt_tokens: number;
-  /** The monitored traits at the last prompt token (before the reply). */
-  prompt_scores: TraitScore[];
-  token_scores: TraitScore[][];
-  steered: boolean;
+export type ChatResult = api.ChatReply & {
   timing: { total_ms: number; first_token_ms: number | null; prefill_tok_s: number | null; decode_tok_s: number | null };
-}
-
-export interface SteeringEntry {
-  vector: number;
-  layer: number;
-  /** Positive adds the trait, negative suppresses it. */
-  alpha: number;
-  /** Default "response". */
-  positions?: 'all' | 'prompt' | 'response';
-}
-
-export interface MonitorEntry {
-  vector: number;
-  /** Default: the vector's recommended layer (an error if it has none: evaluate it or give a layer). */
-  layer?: number;
-}
-
-export interface VectorInfo {
-  id: number;
-  trait: string | null;
-  description: string | null;
-  /** "response", "prompt-avg", "prompt-last" or "imported". */
-  mode: string | null;
-  model: string | null;
-  layers: number;
-  layer: number | null;
-  alpha: number | null;
-  screen_layer: number | null;
-  /** Positive and negative samples averaged. */
-  counts: [number, number] | null;
-  calibrated: boolean;
-  /** L2 norm of the direction at each residual index. */
-  norms: number[];
-}
-
-export interface TraitDefinition {
-  name: string;
-  description: string;
-  positive_adjective: string;
-  negative_adjective: string;
-  instructions: { pos: string; neg: string }[];
-  extraction_questions: string[];
-  evaluation_questions: { question: string; consistent: string; inconsistent: string }[];
-}
+};
 
 /** A built-in trait's name, or a full definition. */
-export type TraitSpec = string | TraitDefinition;
+export type TraitSpec = string | api.TraitDefinition;
 
-export interface Progress {
-  stage: string;
-  done: number;
-  total: number;
-}
-
-export interface ExtractOptions {
-  mode?: 'response' | 'prompt-avg' | 'prompt-last';
-  rollouts?: number;
-  max_tokens?: number;
-  /** Instruction pairs to use (default all). */
-  pairs?: number;
-  /** Extraction questions to use (default all). */
-  questions?: number;
-  seed?: number;
-  temperature?: number;
-  /** Neutral items the vector is calibrated on (default all 64; fewer is faster and coarser). */
-  calibration_items?: number;
-  signal?: AbortSignal;
-}
-
-export interface EvaluateOptions {
-  alphas?: number[];
-  /** Layers of the steering sweep (default: the best separation layer and 0.55 / 0.7 of the depth). */
-  layers?: number[];
-  pairs?: number;
-  questions?: number;
-  /** Neutral items for the perplexity cost (default all 64). */
-  neutral_items?: number;
-  signal?: AbortSignal;
-}
-
-export interface EvalReport {
-  trait_name: string;
-  /** null where a measure is undefined (no spread, e.g. the embeddings). */
-  layers: { layer: number; norm: number; auroc: number | null; effect_size: number | null; response_auroc: number | null; response_effect_size: number | null }[];
-  baseline_margin: number;
-  baseline_perplexity: number;
-  steering: { layer: number; alpha: number; margin_change: number; wrong_way: number; perplexity: number; ppl_cost_pct: number }[];
-  slopes: [number, number][];
-  recommended: { layer: number; alpha: number | null; screen_layer: number; reason: string };
-  questions: number;
-  pairs: number;
-}
-
-export interface ScreenOptions {
-  /** Default: the vector's screening layer. */
-  layer?: number;
-  /** true (default): the response's projection alone; false: minus the model's own greedy answer's. */
-  cheap?: boolean;
-  /** Length of the model's own answers when cheap is false (default 48, the length of the calibration's own answers). */
-  max_tokens?: number;
-  signal?: AbortSignal;
-}
-
-export interface ScreenedSample {
-  /** 1-based line number in the file. */
-  line: number;
-  prompt: Message[];
-  response: string;
-  score: number;
-  projection: number;
-  own_projection: number | null;
-  own_response: string | null;
-  z: number | null;
-  /** 1 = most trait-like. */
-  rank: number;
-}
-
-export interface ScreenResult {
-  layer: number | null;
-  method: string | null;
-  cancelled: boolean;
-  dataset_score: number | null;
-  /** Lines that are not a valid sample (1-based line numbers). */
-  errors: { line: number; message: string }[];
-  /** Valid samples the engine could not screen, e.g. longer than the model's context (when reported). */
-  skipped?: { line: number; message: string }[];
-  samples: ScreenedSample[];
-  /** What a neutral sample scores at this layer (from the vector's calibration; null without one): z is
-   *  (score - mean) / std. `of` says which neutral scores: written answers (cheap) or written minus own. */
-  null: { mean: number; std: number; samples: number; of: string } | null;
-}
+export type ExtractOptions = api.ExtractOptions & { signal?: AbortSignal };
+export type EvaluateOptions = api.EvaluateOptions & { signal?: AbortSignal };
+export type ScreenOptions = api.ScreenOptions & { signal?: AbortSignal };
 
 export interface WebGPUCheck {
   ok: boolean;

@@ -25,7 +25,7 @@ step "toolchain"
 if [ ! -x /usr/bin/chromium ]; then
   apt-get update && apt-get install -y chromium
 fi
-if [ ! -d "$here/node_modules/playwright-core" ]; then
+if [ ! -d "$here/node_modules/playwright-core" ] || [ ! -x "$here/node_modules/.bin/tsc" ]; then
   (cd "$here" && npm install --no-audit --no-fund)
 fi
 /usr/bin/chromium --version 2>/dev/null; echo "node $(node --version)"
@@ -39,6 +39,12 @@ cleanup() {
   find "$work" -mindepth 1 -maxdepth 1 ! -name artifacts -exec rm -rf {} +
 }
 trap cleanup EXIT
+
+step "TypeScript declarations (tsc --noEmit --strict)"
+# The declarations must compile, and type the API's uses the README shows (tests/browser/api-types.ts).
+"$here/node_modules/.bin/tsc" --noEmit --strict --target es2022 --lib es2022,dom --module esnext \
+  --moduleResolution bundler web/personascope.d.ts "$here/api-types.ts"
+echo "declarations OK"
 
 step "page build (trunk)"
 if [ "${SKIP_BUILD:-}" = 1 ] && [ -f dist/index.html ]; then

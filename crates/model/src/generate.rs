@@ -7,6 +7,7 @@ use crate::sample::{Sampler, SamplingParams};
 use crate::{ModelError, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {
     /// The model produced an end-of-turn or end-of-text token (not included in the output).

@@ -46,6 +46,7 @@ use serde_json::{Map, Value};
 
 /// Who wrote a message. Serialized as the lowercase word (`"system"`, `"user"`, `"assistant"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Instructions for the assistant; only allowed as the first message.
@@ -85,6 +86,7 @@ impl fmt::Display for Role {
 
 /// One message of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct Message {
     /// Who wrote it.
     pub role: Role,

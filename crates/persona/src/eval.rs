@@ -52,19 +52,27 @@ impl Default for EvalOptions {
     }
 }
 
+/// One residual index of an evaluation; a measure is NaN (null in JSON) where it is undefined (no spread, e.g.
+/// the embeddings).
 #[derive(Debug, Clone, serde::Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct LayerRow {
     pub layer: usize,
     pub norm: f32,
     /// Last-prompt-token projection, positive vs negative system prompt.
+    #[cfg_attr(feature = "ts", ts(type = "number | null"))]
     pub auroc: f32,
+    #[cfg_attr(feature = "ts", ts(type = "number | null"))]
     pub effect_size: f32,
     /// Mean answer-token projection, consistent vs inconsistent reference answer.
+    #[cfg_attr(feature = "ts", ts(type = "number | null"))]
     pub response_auroc: f32,
+    #[cfg_attr(feature = "ts", ts(type = "number | null"))]
     pub response_effect_size: f32,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct SteerRow {
     pub layer: usize,
     pub alpha: f32,
@@ -78,6 +86,7 @@ pub struct SteerRow {
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct Recommendation {
     pub layer: usize,
     pub alpha: Option<f32>,
@@ -86,6 +95,7 @@ pub struct Recommendation {
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct EvalReport {
     pub trait_name: String,
     pub layers: Vec<LayerRow>,

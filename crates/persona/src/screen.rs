@@ -65,6 +65,7 @@ pub struct Screening {
 
 /// The distribution of a neutral sample's score at the screening layer.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct Null {
     pub mean: f32,
     pub std: f32,

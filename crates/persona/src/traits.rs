@@ -58,6 +58,7 @@ pub const MIN_EVALUATION_QUESTIONS: usize = 20;
 
 /// One contrasting pair of system instructions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(deny_unknown_fields)]
 pub struct InstructionPair {
     /// Tells the model to show the trait strongly.
@@ -69,6 +70,7 @@ pub struct InstructionPair {
 /// A held-out question with two short reference answers, for judge-free evaluation
 /// (e.g. paired-continuation log-odds: how much more likely the model finds the consistent answer).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(deny_unknown_fields)]
 pub struct EvaluationQuestion {
     /// The user's question.
@@ -81,6 +83,7 @@ pub struct EvaluationQuestion {
 
 /// A validated trait definition. Build one with [`parse`]; see the [module documentation](self) for the rules.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(deny_unknown_fields)]
 pub struct TraitDefinition {
     /// Lowercase identifier, e.g. `evil`.

@@ -1,12 +1,13 @@
 //! Personascope in the browser: the wasm-bindgen API the page's Web Worker calls. The target-independent core
 //! ([`session::Session`]) also builds natively, so the workspace tests it on lavapipe; the JavaScript bindings
-//! exist on wasm32 only and are a thin layer: JSON strings in and out (the shapes are documented in
-//! `web/personascope.d.ts`).
+//! exist on wasm32 only and are a thin layer: JSON strings in and out, of the shapes in [`api`] (from which
+//! `web/personascope-api.d.ts` is generated).
 //!
 //! Nothing reachable from JavaScript panics on purpose: every failure comes back as a JavaScript `Error` (a
 //! rejected promise) with a message saying what failed and a stable `code` ([`ErrorCode`]) saying what kind of
 //! failure it was.
 
+pub mod api;
 pub mod error;
 pub mod session;
 

@@ -1,7 +1,7 @@
 //! The browser-facing session, independent of JavaScript: a model on the GPU plus the persona state of the page
 //! (loaded trait vectors, steering and monitoring settings, the last screened dataset). Every method takes and
-//! returns JSON (`serde_json::Value`) so the wasm bindings stay a thin layer and the shapes are documented once,
-//! in `web/personascope.d.ts`.
+//! returns JSON (`serde_json::Value`) so the wasm bindings stay a thin layer; the JSON is built from the typed
+//! shapes of [`crate::api`], which the TypeScript declarations are generated from.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,12 +15,16 @@ use personascope_persona::monitor::{self, Reading};
 use personascope_persona::steer::{self, Positions};
 use personascope_persona::vector_file::{self, TraitVector};
 use personascope_persona::{dataset, eval, extract, screen, stats, TraitDefinition};
-use serde::Deserialize;
+use serde::Serialize;
 use serde_json::{json, Value};
 
 /// KV-cache rows in the browser: enough for a chat, small enough for any WebGPU adapter.
 pub const MAX_POSITIONS: usize = 1024;
 
+use crate::api::{
+    ChatOptions, ChatReply, ChatToken, EvaluateOptions, ExtractOptions, Features, LineMessage, ModelInfo, MonitorEntry,
+    Progress, ScreenOptions, ScreenResult, ScreenedSample, SteeringEntry, TraitScore, VectorInfo,
+};
 pub use crate::error::{ApiError, ErrorCode};
 
 pub type Result<T> = std::result::Result<T, ApiError>;
@@ -30,81 +34,18 @@ fn err(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(ErrorCode::InvalidInput, e.to_string())
 }
 
+/// A typed result as the JSON the bindings send.
+fn value<T: Serialize>(t: &T) -> Result<Value> {
+    serde_json::to_value(t).map_err(|e| ApiError::new(ErrorCode::Internal, format!("encoding a result: {e}")))
+}
+
+/// A progress event.
+fn progress(stage: &str, done: usize, total: usize) -> Value {
+    value(&Progress { stage: stage.into(), done, total }).unwrap_or(Value::Null)
+}
+
 fn parse<T: serde::de::DeserializeOwned>(what: &str, json: &str) -> Result<T> {
     serde_json::from_str(json).map_err(|e| format!("{what}: {e}").into())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ChatOptions {
-    #[serde(default = "default_max_tokens")]
-    max_tokens: usize,
-    #[serde(default)]
-    temperature: f32,
-    #[serde(default)]
-    top_k: usize,
-    #[serde(default = "one")]
-    top_p: f32,
-    #[serde(default = "one")]
-    repetition_penalty: f32,
-    #[serde(default)]
-    seed: u64,
-    /// Ignore the session's steering for this reply (the "unsteered" side of a comparison).
-    #[serde(default)]
-    unsteered: bool,
-}
-
-fn default_max_tokens() -> usize {
-    256
-}
-fn one() -> f32 {
-    1.0
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SteerEntry {
-    vector: usize,
-    layer: usize,
-    alpha: f32,
-    #[serde(default = "response")]
-    positions: String,
-}
-
-fn response() -> String {
-    "response".into()
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MonitorEntry {
-    vector: usize,
-    layer: Option<usize>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct ExtractOptionsJs {
-    mode: Option<String>,
-    rollouts: Option<usize>,
-    max_tokens: Option<usize>,
-    pairs: Option<usize>,
-    questions: Option<usize>,
-    seed: Option<u64>,
-    temperature: Option<f32>,
-    /// Neutral items used for calibration (default: all 16); fewer is faster and coarser.
-    calibration_items: Option<usize>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct EvalOptionsJs {
-    alphas: Option<Vec<f32>>,
-    layers: Option<Vec<usize>>,
-    pairs: Option<usize>,
-    questions: Option<usize>,
-    /// Neutral items for the perplexity cost (default: all 16).
-    neutral_items: Option<usize>,
 }
 
 /// The first `n` items of the neutral set (all when None); at least one.
@@ -112,14 +53,6 @@ fn neutral(n: Option<usize>) -> Vec<monitor::NeutralItem> {
     let all = monitor::neutral_set();
     let n = n.unwrap_or(all.len()).clamp(1, all.len().max(1));
     all.into_iter().take(n).collect()
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct ScreenOptionsJs {
-    layer: Option<usize>,
-    cheap: Option<bool>,
-    max_tokens: Option<usize>,
 }
 
 /// A model on a GPU with the page's persona state.
@@ -247,18 +180,19 @@ impl Session {
     /// Model and device facts for the page.
     pub fn info(&self) -> Value {
         let c = &self.model.config;
-        let gpu = &self.model.gpu;
-        json!({
-            "model": self.model.name,
-            "architecture": c.arch.name(),
-            "layers": c.n_layers,
-            "width": c.d_model,
-            "vocab": c.vocab_size,
-            "max_positions": self.model.options().max_positions,
-            "gpu_bytes": self.model.gpu_bytes,
-            "adapter": self.adapter(),
-            "features": { "f16": gpu.caps.f16, "subgroups": gpu.caps.subgroups, "timestamps": gpu.caps.timestamps },
-        })
+        let caps = &self.model.gpu.caps;
+        let info = ModelInfo {
+            model: self.model.name.clone(),
+            architecture: c.arch.name().into(),
+            layers: c.n_layers,
+            width: c.d_model,
+            vocab: c.vocab_size,
+            max_positions: self.model.options().max_positions,
+            gpu_bytes: self.model.gpu_bytes,
+            adapter: self.adapter(),
+            features: Features { f16: caps.f16, subgroups: caps.subgroups, timestamps: caps.timestamps },
+        };
+        value(&info).unwrap_or(Value::Null)
     }
 
     fn messages(messages_json: &str) -> Result<Vec<Message>> {
@@ -319,17 +253,9 @@ impl Session {
             .collect()
     }
 
-    fn scores_json(&self, per_trait_layer: &[Vec<f32>]) -> Value {
-        json!(self
-            .monitor
-            .iter()
-            .map(|(_, r)| r)
-            .enumerate()
-            .map(|(t, r)| {
-                let raw = per_trait_layer.get(t).and_then(|l| l.get(r.layer)).copied().unwrap_or(f32::NAN);
-                score_json(r, raw)
-            })
-            .collect::<Vec<_>>())
+    fn scores(&self, per_trait_layer: &[Vec<f32>]) -> Vec<TraitScore> {
+        let readings = self.monitor.iter().map(|(_, r)| r);
+        readings.enumerate().map(|(t, r)| trait_score(r, per_trait_layer.get(t))).collect()
     }
 
     /// A streamed reply to `messages_json` with the session's steering and monitoring. `on_token` gets
@@ -372,14 +298,10 @@ impl Session {
             &[spec],
             monitor,
             &mut |t| {
-                let scores: Vec<Value> = monitor_readings
-                    .iter()
-                    .enumerate()
-                    .map(|(i, r)| {
-                        score_json(r, t.scores.get(i).and_then(|l| l.get(r.layer)).copied().unwrap_or(f32::NAN))
-                    })
-                    .collect();
-                on_token(json!({ "id": t.id, "text": t.text, "index": t.index, "scores": scores }));
+                let scores =
+                    monitor_readings.iter().enumerate().map(|(i, r)| trait_score(r, t.scores.get(i))).collect();
+                let token = ChatToken { id: t.id, text: t.text.into(), index: t.index, scores };
+                on_token(value(&token).unwrap_or(Value::Null));
                 flow(&abort)
             },
             &mut |_| Flow::Continue,
@@ -387,30 +309,30 @@ impl Session {
         .await?;
         let reply = replies.pop().ok_or("no reply")?;
         self.check("generating")?;
-        let token_scores: Vec<Value> = reply.scores.iter().map(|s| self.scores_json(s)).collect();
+        let token_scores = reply.scores.iter().map(|s| self.scores(s)).collect();
         // The pre-generation reading: the last prompt token, under the same steering.
-        let prompt_scores = if self.monitor.is_empty() { json!([]) } else { self.scores_json(&reply.prompt_scores) };
-        Ok(json!({
-            "ids": reply.ids,
-            "text": reply.text,
-            "stop": reply.stop,
-            "prompt_tokens": prompt.len(),
-            "prompt_scores": prompt_scores,
-            "token_scores": token_scores,
-            "steered": !steering.is_empty(),
-        }))
+        let prompt_scores = if self.monitor.is_empty() { Vec::new() } else { self.scores(&reply.prompt_scores) };
+        value(&ChatReply {
+            ids: reply.ids,
+            text: reply.text,
+            stop: reply.stop,
+            prompt_tokens: prompt.len(),
+            prompt_scores,
+            token_scores,
+            steered: !steering.is_empty(),
+        })
     }
 
     /// Steering for the next replies: `[{vector, layer, alpha, positions: "all"|"prompt"|"response"}]`.
     pub fn set_steering(&mut self, json: &str) -> Result<()> {
-        let entries: Vec<SteerEntry> = parse("steering", json)?;
+        let entries: Vec<SteeringEntry> = parse("steering", json)?;
         let mut steering = Vec::with_capacity(entries.len());
         for e in entries {
             let v = self.vector(e.vector)?;
             if !e.alpha.is_finite() {
                 return Err(format!("steering alpha {} is not a finite number", e.alpha).into());
             }
-            let positions: Positions = e.positions.parse().map_err(err)?;
+            let positions: Positions = e.positions.as_deref().unwrap_or("response").parse().map_err(err)?;
             // Validates the layer against the vector.
             steer::steering(v, e.layer, e.alpha, positions, 1)?;
             steering.push((e.vector, e.layer, e.alpha, positions));
@@ -437,20 +359,20 @@ impl Session {
     fn vector_info(&self, id: usize) -> Result<Value> {
         let v = self.vector(id)?;
         let m = &v.meta;
-        Ok(json!({
-            "id": id,
-            "trait": m.trait_name,
-            "description": m.description,
-            "mode": m.mode,
-            "model": m.model_name,
-            "layers": m.n_layers,
-            "layer": m.layer,
-            "alpha": m.alpha,
-            "screen_layer": m.screen_layer,
-            "counts": m.counts,
-            "calibrated": m.calibration.is_some(),
-            "norms": v.rows.iter().map(|r| stats::norm(r)).collect::<Vec<_>>(),
-        }))
+        value(&VectorInfo {
+            id,
+            trait_name: m.trait_name.clone(),
+            description: m.description.clone(),
+            mode: m.mode.clone(),
+            model: m.model_name.clone(),
+            layers: m.n_layers,
+            layer: m.layer,
+            alpha: m.alpha,
+            screen_layer: m.screen_layer,
+            counts: m.counts,
+            calibrated: m.calibration.is_some(),
+            norms: v.rows.iter().map(|r| stats::norm(r)).collect(),
+        })
     }
 
     fn add_vector(&mut self, v: TraitVector) -> Result<Value> {
@@ -498,7 +420,7 @@ impl Session {
     ) -> Result<Value> {
         self.start_long_call();
         let def = trait_from_json(trait_json)?;
-        let o: ExtractOptionsJs =
+        let o: ExtractOptions =
             if options_json.trim().is_empty() { Default::default() } else { parse("extract options", options_json)? };
         let mut opts = extract::ExtractOptions::default();
         if let Some(m) = &o.mode {
@@ -513,14 +435,14 @@ impl Session {
         let abort = self.abort.clone();
         let b = &mut self.model;
         let ex = extract::extract(b, &def, &opts, &mut extract::KeepNonEmpty, &mut |p| {
-            on_progress(json!({ "stage": "extract", "done": p.done, "total": p.total }));
+            on_progress(progress("extract", p.done, p.total));
             flow(&abort)
         })
         .await?;
         let mut v = ex.vector;
         let abort = self.abort.clone();
         let calibration = monitor::calibrate_with_progress(b, &v, &neutral(o.calibration_items), &mut |p| {
-            on_progress(json!({ "stage": "calibrate", "done": p.done, "total": p.total }));
+            on_progress(progress("calibrate", p.done, p.total));
             flow(&abort)
         })
         .await?;
@@ -540,7 +462,7 @@ impl Session {
     ) -> Result<Value> {
         self.start_long_call();
         let def = trait_from_json(trait_json)?;
-        let o: EvalOptionsJs =
+        let o: EvaluateOptions =
             if options_json.trim().is_empty() { Default::default() } else { parse("eval options", options_json)? };
         let mut opts = eval::EvalOptions::default();
         if let Some(a) = o.alphas {
@@ -553,7 +475,7 @@ impl Session {
         let abort = self.abort.clone();
         let neutral = neutral(o.neutral_items);
         let report = eval::evaluate(&mut self.model, &def, &vector, &neutral, &opts, &mut |p| {
-            on_progress(json!({ "stage": p.stage, "done": p.done, "total": p.total }));
+            on_progress(progress(p.stage, p.done, p.total));
             flow(&abort)
         })
         .await?;
@@ -578,7 +500,7 @@ impl Session {
         on_progress: &mut dyn FnMut(Value),
     ) -> Result<Value> {
         self.start_long_call();
-        let o: ScreenOptionsJs =
+        let o: ScreenOptions =
             if options_json.trim().is_empty() { Default::default() } else { parse("screen options", options_json)? };
         let opts = screen::ScreenOptions {
             layer: o.layer,
@@ -597,58 +519,62 @@ impl Session {
         } else {
             Some(
                 screen::screen(&mut self.model, &vector, &parsed.samples, &opts, &mut |p| {
-                    on_progress(json!({ "stage": "screen", "done": p.done, "total": p.total }));
+                    on_progress(progress("screen", p.done, p.total));
                     flow(&abort)
                 })
                 .await?,
             )
         };
         self.check("screening")?;
-        let errors: Vec<Value> =
-            parsed.errors.iter().map(|e| json!({ "line": e.line, "message": e.message })).collect();
+        let errors = parsed.errors.iter().map(|e| LineMessage { line: e.line, message: e.message.clone() }).collect();
         let Some(result) = result else {
             self.screened = Some(parsed);
-            return Ok(json!({
-                "samples": [], "errors": errors, "skipped": [], "cancelled": false, "dataset_score": null,
-                "layer": null, "method": null,
-            }));
+            let empty = ScreenResult {
+                layer: None,
+                method: None,
+                null: None,
+                cancelled: false,
+                dataset_score: None,
+                errors,
+                skipped: Vec::new(),
+                samples: Vec::new(),
+            };
+            return value(&empty);
         };
-        let skipped: Vec<Value> =
-            result.skipped.iter().map(|(line, why)| json!({ "line": line, "message": why })).collect();
+        let skipped =
+            result.skipped.iter().map(|(line, why)| LineMessage { line: *line, message: why.clone() }).collect();
         let ranks: std::collections::HashMap<usize, usize> =
             result.ranked().iter().enumerate().map(|(i, s)| (s.line, i + 1)).collect();
-        let samples: Vec<Value> = result
+        let samples = result
             .scores
             .iter()
             .filter_map(|s| {
                 let sample = parsed.samples.iter().find(|x| x.line == s.line)?;
-                let prompt: Vec<Value> =
-                    sample.prompt.iter().map(|m| json!({ "role": m.role.as_str(), "content": m.content })).collect();
-                Some(json!({
-                    "line": s.line,
-                    "prompt": prompt,
-                    "response": sample.response,
-                    "score": s.score,
-                    "projection": s.projection,
-                    "own_projection": s.own_projection,
-                    "own_response": s.own_response,
-                    "z": s.z,
-                    "rank": ranks.get(&s.line),
-                }))
+                Some(ScreenedSample {
+                    line: s.line,
+                    prompt: sample.prompt.clone(),
+                    response: sample.response.clone(),
+                    score: s.score,
+                    projection: s.projection,
+                    own_projection: s.own_projection,
+                    own_response: s.own_response.clone(),
+                    z: s.z,
+                    rank: ranks.get(&s.line).copied(),
+                })
             })
             .collect();
-        let out = json!({
-            "layer": result.layer,
-            "method": result.method,
-            "null": result.null,
-            "cancelled": result.cancelled,
-            "dataset_score": result.dataset_score(),
-            "errors": errors,
-            "skipped": skipped,
-            "samples": samples,
+        let out = value(&ScreenResult {
+            layer: Some(result.layer),
+            method: Some(result.method.into()),
+            null: result.null,
+            cancelled: result.cancelled,
+            dataset_score: finite(result.dataset_score()),
+            errors,
+            skipped,
+            samples,
         });
         self.screened = Some(parsed);
-        Ok(out)
+        out
     }
 
     /// The original JSONL lines of the last screened dataset whose line numbers are in `lines_json`, in that order
@@ -684,9 +610,17 @@ fn flow(abort: &AtomicBool) -> Flow {
     }
 }
 
-fn score_json(r: &Reading, raw: f32) -> Value {
+/// Trait `r`'s score from its row of projections per residual index (NaN where the row lacks its layer).
+fn trait_score(r: &Reading, per_layer: Option<&Vec<f32>>) -> TraitScore {
+    let raw = per_layer.and_then(|l| l.get(r.layer)).copied().unwrap_or(f32::NAN);
     let s = r.token_score(raw);
-    json!({ "trait": r.trait_name, "layer": r.layer, "raw": finite(s.raw), "z": s.z, "percentile": s.percentile })
+    TraitScore {
+        trait_name: r.trait_name.clone(),
+        layer: r.layer,
+        raw: finite(s.raw),
+        z: s.z,
+        percentile: s.percentile,
+    }
 }
 
 fn finite(x: f32) -> Option<f32> {
