@@ -248,7 +248,7 @@ pub fn bench_gpu(path: &Path, runs: usize, profile: bool) -> Result<Value, Strin
         load_s,
         rates,
         memory_bytes: g.gpu_bytes,
-        memory_note: "GPU buffers: packed weights, KV cache, activations",
+        memory_note: "every GPU buffer the load made: packed weights, KV cache, activations, uniforms, staging",
         runs,
     }
     .to_json(profile))

@@ -21,6 +21,14 @@ pub struct Gpu {
     /// The first uncaptured device error or device loss, reported by [`Gpu::health`]. wgpu's default handler
     /// panics, which in the browser would kill the whole module.
     trouble: std::sync::Arc<std::sync::Mutex<Option<GpuError>>>,
+    /// Buffers made through [`crate::kernel`]'s helpers (all of the engine's): count and bytes, never decreased.
+    made: std::sync::Arc<Made>,
+}
+
+#[derive(Debug, Default)]
+struct Made {
+    buffers: std::sync::atomic::AtomicU64,
+    bytes: std::sync::atomic::AtomicU64,
 }
 
 /// Which adapter [`Gpu::request`] asks for.
@@ -68,7 +76,7 @@ impl Gpu {
                 *slot = Some(GpuError::DeviceLost(why));
             }
         });
-        Gpu { device, queue, adapter, caps, limits, trouble }
+        Gpu { device, queue, adapter, caps, limits, trouble, made: Default::default() }
     }
 
     /// Err with the first device error or the loss of the device, if either happened.
@@ -79,6 +87,32 @@ impl Gpu {
             Some(GpuError::DeviceLost(reason)) => Err(GpuError::DeviceLost(reason.clone())),
             Some(e) => Err(GpuError::Validation { what: "the GPU device".into(), msg: e.to_string() }),
         }
+    }
+
+    /// Buffers made on this device so far through [`crate::kernel`]'s helpers: (count, bytes).
+    pub fn buffers_made(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.made.buffers.load(Relaxed), self.made.bytes.load(Relaxed))
+    }
+
+    /// Makes a buffer and counts it (every buffer of the engine goes through here, so that its memory figure
+    /// counts them all).
+    pub fn create_buffer(&self, desc: &wgpu::BufferDescriptor<'_>) -> wgpu::Buffer {
+        self.count(desc.size);
+        self.device.create_buffer(desc)
+    }
+
+    /// [`wgpu::util::DeviceExt::create_buffer_init`], counted.
+    pub fn create_buffer_init(&self, desc: &wgpu::util::BufferInitDescriptor<'_>) -> wgpu::Buffer {
+        use wgpu::util::DeviceExt;
+        self.count(desc.contents.len() as u64);
+        self.device.create_buffer_init(desc)
+    }
+
+    fn count(&self, bytes: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.made.buffers.fetch_add(1, Relaxed);
+        self.made.bytes.fetch_add(bytes, Relaxed);
     }
 
     /// Why the device was lost (the driver's reason and message), once it has been.

@@ -243,8 +243,10 @@ pub struct GpuModel {
     pub(crate) layout: Layout,
     /// The wave being run (see `wave.rs`).
     pub(crate) wave: crate::wave::WaveState,
-    /// Bytes of GPU memory allocated for weights, caches and activations.
+    /// Bytes of every GPU buffer the load made: weights, caches, activations, uniforms and staging buffers.
     pub gpu_bytes: u64,
+    /// How many buffers those are (readbacks make short-lived ones later; they are not counted here).
+    pub gpu_buffers: u64,
     /// Submits and dispatches recorded so far.
     pub(crate) submits: u64,
     pub(crate) dispatches: u64,
@@ -354,7 +356,8 @@ impl GpuModel {
             fits(format!("{what} activations of a batch of {b} tokens"), n64(b) * n64(width))?;
         }
         fits(format!("the logits of {h} rows"), n64(h) * n64(c.vocab_size))?;
-        let mut gpu_bytes = 0u64;
+        // Every buffer goes through the Gpu's counting helpers: the memory figure is what was made during the load.
+        let made_before = gpu.buffers_made();
 
         // Kernels shared by every layer.
         let mut kernels = Kernels {
@@ -401,14 +404,6 @@ impl GpuModel {
             step_staging: [0, 1].map(|i| staging(&gpu, &format!("step staging {i}"), f(step_words))),
             sample_params: storage_zeroed(&gpu, "sample params", (h * std::mem::size_of::<sample::Params>()) as u64),
         };
-        gpu_bytes += 4
-            * (n64(b) * n64(2 * d + 2 * qd + 2 * kvd + 2 * ff + 1 + 8)
-                + n64(lists_words)
-                + 2 * n64(h) * n64(d)
-                + 2 * n64(h) * n64(c.vocab_size)
-                + n64(history)
-                + 2 * n64(options.out_floats)
-                + 3 * n64(step_words));
 
         // Uniforms shared by every layer (all blocks have the same shapes); values are set per forward call.
         let norm_params =
@@ -449,14 +444,12 @@ impl GpuModel {
             let (bq, bk, bv) = (bias("attn_q.bias")?, bias("attn_k.bias")?, bias("attn_v.bias")?);
             let k_cache = storage_zeroed(&gpu, &n("k_cache"), cache_bytes);
             let v_cache = storage_zeroed(&gpu, &n("v_cache"), cache_bytes);
-            gpu_bytes += 2 * cache_bytes + f(2 * d);
             let plain = Epilogue { bias: false, accumulate: false };
             let with_bias = Epilogue { bias: c.qkv_bias, accumulate: false };
             let accumulate = Epilogue { bias: false, accumulate: true };
             macro_rules! product {
                 ($name:expr, $rows:expr, $cols:expr, $ep:expr, $x:expr, $y:expr, $b:expr) => {{
                     let m = packed(&g, &n($name), $rows, $cols)?;
-                    gpu_bytes += m.gpu_bytes();
                     let matrix = std::sync::Arc::new(GpuMatrix::upload(&gpu, &n($name), &m)?);
                     Self::product(&gpu, &mut kernels, &n($name), matrix, $ep, $x, $y, $b).await?
                 }};
@@ -510,7 +503,6 @@ impl GpuModel {
         // Embedding (also the LM head when tied) and the head.
         let embd = packed(&g, "token_embd.weight", c.vocab_size, d)?;
         let embed_matrix = std::sync::Arc::new(GpuMatrix::upload(&gpu, "token_embd", &embd)?);
-        gpu_bytes += embd.gpu_bytes();
         if let std::collections::hash_map::Entry::Vacant(e) = kernels.embed.entry(embd.format) {
             e.insert(Embed::new(&gpu, embd.format).await?);
         }
@@ -526,7 +518,6 @@ impl GpuModel {
             embed_matrix.clone()
         } else {
             let m = packed(&g, "output.weight", c.vocab_size, d)?;
-            gpu_bytes += m.gpu_bytes();
             std::sync::Arc::new(GpuMatrix::upload(&gpu, "output", &m)?)
         };
         // One set of uniforms per head chunk a forward call may have: each chunk's values differ within a call.
@@ -598,6 +589,8 @@ impl GpuModel {
         keep.push(inv_freq);
         keep.push(output_norm);
 
+        let made = gpu.buffers_made();
+        let (gpu_buffers, gpu_bytes_made) = (made.0 - made_before.0, made.1 - made_before.1);
         Ok(GpuModel {
             gpu,
             config,
@@ -623,7 +616,8 @@ impl GpuModel {
             attention_shape,
             layout,
             wave: Default::default(),
-            gpu_bytes,
+            gpu_bytes: gpu_bytes_made,
+            gpu_buffers,
             submits: 0,
             dispatches: 0,
             _keep: keep,

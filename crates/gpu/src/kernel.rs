@@ -2,7 +2,6 @@
 
 use crate::shader::{self, Defines, Target};
 use crate::{Gpu, GpuError, Result};
-use wgpu::util::DeviceExt;
 
 /// One compiled kernel entry point. Its bind group 0 holds the kernel's buffers in binding order.
 #[derive(Debug, Clone)]
@@ -98,7 +97,7 @@ pub fn storage(gpu: &Gpu, label: &str, data: &[u8]) -> wgpu::Buffer {
     } else {
         data
     };
-    gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+    gpu.create_buffer_init(&wgpu::util::BufferInitDescriptor {
         label: Some(label),
         contents,
         usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
@@ -111,7 +110,7 @@ pub fn storage_f32(gpu: &Gpu, label: &str, data: &[f32]) -> wgpu::Buffer {
 
 /// A zeroed storage buffer of `size` bytes (rounded up to 4).
 pub fn storage_zeroed(gpu: &Gpu, label: &str, size: u64) -> wgpu::Buffer {
-    gpu.device.create_buffer(&wgpu::BufferDescriptor {
+    gpu.create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
         size: size.div_ceil(4).max(1) * 4,
         usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
@@ -121,7 +120,7 @@ pub fn storage_zeroed(gpu: &Gpu, label: &str, size: u64) -> wgpu::Buffer {
 
 /// A uniform buffer initialised with `value`; rewritten with `queue.write_buffer` when the values change.
 pub fn uniform<T: bytemuck::Pod>(gpu: &Gpu, label: &str, value: &T) -> wgpu::Buffer {
-    gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+    gpu.create_buffer_init(&wgpu::util::BufferInitDescriptor {
         label: Some(label),
         contents: bytemuck::bytes_of(value),
         usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
@@ -130,7 +129,7 @@ pub fn uniform<T: bytemuck::Pod>(gpu: &Gpu, label: &str, value: &T) -> wgpu::Buf
 
 /// A buffer the CPU can map for reading.
 pub fn staging(gpu: &Gpu, label: &str, size: u64) -> wgpu::Buffer {
-    gpu.device.create_buffer(&wgpu::BufferDescriptor {
+    gpu.create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
         size: size.div_ceil(4).max(1) * 4,
         usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,

@@ -310,3 +310,29 @@ fn a_lost_device_is_reported_once_with_its_reason() {
     // The message names the loss once (it was doubled: "was lost: the GPU device was lost: ...").
     assert_eq!(err.to_string(), "the GPU device was lost: Destroyed");
 }
+
+#[test]
+fn the_memory_figure_counts_every_buffer_the_load_made() {
+    // A device of its own: wgpu's counters are per device, and other tests load models on the shared one.
+    let own = personascope_gpu::Gpu::request_blocking(
+        personascope_gpu::AdapterChoice::Fallback,
+        personascope_gpu::wgpu::Backends::VULKAN,
+    )
+    .expect("a lavapipe device");
+    // wgpu keeps a few buffers of its own on every device (and one short-lived one until the first submit).
+    own.queue.submit([]);
+    let _ = own.device.poll(personascope_gpu::wgpu::PollType::wait_indefinitely());
+    let before = own.device.get_internal_counters().hal;
+    let bytes = std::fs::read(default_model()).expect("read model");
+    let opts = EngineOptions { max_positions: 256, batch: 16, max_traits: 4, head_rows: 8, out_floats: 1 << 20 };
+    let g = pollster::block_on(GpuModel::load(own.clone(), &bytes, opts)).expect("load on GPU");
+    let _ = own.device.poll(personascope_gpu::wgpu::PollType::wait_indefinitely());
+    let after = own.device.get_internal_counters().hal;
+    let live = (after.buffers.read() - before.buffers.read()) as u64;
+    let memory = (after.buffer_memory.read() - before.buffer_memory.read()) as u64;
+    println!("{live} buffers alive, {memory} bytes (driver); figure {} buffers, {} bytes", g.gpu_buffers, g.gpu_bytes);
+    // Every buffer alive on the device after the load is one the figure counts, and no counted one is gone.
+    assert_eq!(live, g.gpu_buffers, "buffers alive on the device vs buffers in the figure");
+    // Lavapipe allocates each buffer at exactly the size asked for: the figure is the driver's own.
+    assert_eq!(memory, g.gpu_bytes, "driver memory vs the figure");
+}
