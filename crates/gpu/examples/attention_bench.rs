@@ -7,10 +7,13 @@
 //! GPU time comes from timestamp queries when the adapter has them, from the wall clock otherwise. On lavapipe the
 //! "GPU" is the CPU: the numbers rank designs for that driver only.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use personascope_gpu::kernel::{read_buffer, storage, storage_f32};
 use personascope_gpu::kernels::attention::{self, Attention, AttentionShape};
 use personascope_gpu::rows::Row;
-use personascope_gpu::{AdapterChoice, Gpu};
+use personascope_gpu::Gpu;
 use std::time::Instant;
 
 /// Timed runs per measurement; the fastest is reported.
@@ -54,16 +57,7 @@ fn time(gpu: &Gpu, k: &Attention, shape: &AttentionShape, rows: &[Row]) -> Resul
 }
 
 fn main() {
-    let hardware = std::env::args().any(|a| a == "--hardware");
-    let choice = if hardware { AdapterChoice::HighPerformance } else { AdapterChoice::Fallback };
-    let gpu = match Gpu::request_blocking(choice, wgpu::Backends::all()) {
-        Ok(g) => g,
-        Err(e) => {
-            eprintln!("no GPU: {e}");
-            std::process::exit(1);
-        }
-    };
-    println!("{}", gpu.describe());
+    let gpu = common::gpu();
     let shape = AttentionShape { n_heads: 9, n_kv_heads: 3, head_dim: 64, max_positions: 2048 };
     let kernel = match pollster::block_on(Attention::for_model(&gpu, shape.n_heads, shape.n_kv_heads, shape.head_dim)) {
         Ok(k) => k,

@@ -5,7 +5,10 @@
 //!
 //! `cargo run --release -p personascope-gpu --example load_cost [-- --hardware]`
 
-use personascope_gpu::{AdapterChoice, Gpu};
+#[path = "common/mod.rs"]
+mod common;
+
+use personascope_gpu::Gpu;
 use std::time::Instant;
 
 const INVOCATIONS: u32 = 16384;
@@ -91,16 +94,7 @@ fn time(gpu: &Gpu, body: &str) -> f64 {
 }
 
 fn main() {
-    let hardware = std::env::args().any(|a| a == "--hardware");
-    let choice = if hardware { AdapterChoice::HighPerformance } else { AdapterChoice::Fallback };
-    let gpu = match Gpu::request_blocking(choice, wgpu::Backends::all()) {
-        Ok(g) => g,
-        Err(e) => {
-            eprintln!("no GPU: {e}");
-            std::process::exit(1);
-        }
-    };
-    println!("{}", gpu.describe());
+    let gpu = common::gpu();
     for (name, body) in BODIES {
         let t = time(&gpu, body);
         println!("{name:46} {:8.2} ms {:8.2} GFLOP/s", t * 1e3, FLOPS / t / 1e9);

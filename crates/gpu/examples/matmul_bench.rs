@@ -10,11 +10,14 @@
 //! queries around a pass of repeated dispatches when the adapter has them, from the wall clock otherwise. On
 //! lavapipe the "GPU" is the CPU: the numbers rank designs for that driver only.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use personascope_gguf::{dot_row, GgmlType, Gguf};
 use personascope_gpu::kernel::{read_buffer, storage_f32, storage_zeroed};
 use personascope_gpu::kernels::matmul::{shapes_for, Epilogue, Io, Matmul, Shape};
 use personascope_gpu::quant::{GpuMatrix, PackedMatrix};
-use personascope_gpu::{AdapterChoice, Gpu};
+use personascope_gpu::Gpu;
 use std::time::Instant;
 
 /// Timed runs per measurement; the fastest is reported.
@@ -199,23 +202,10 @@ fn check(gpu: &Gpu, k: &Matmul, m: &GpuMatrix, w: &Weight) -> f32 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let hardware = args.iter().any(|a| a == "--hardware");
     let decode_only = args.iter().any(|a| a == "--decode");
     let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned().unwrap_or_default();
-    let choice = if hardware { AdapterChoice::HighPerformance } else { AdapterChoice::Fallback };
-    let gpu = match Gpu::request_blocking(choice, wgpu::Backends::all()) {
-        Ok(g) => g,
-        Err(e) => {
-            eprintln!("no GPU: {e}");
-            std::process::exit(1);
-        }
-    };
-    println!(
-        "{} caps {:?}; timing: {}",
-        gpu.describe(),
-        gpu.caps,
-        if gpu.caps.timestamps { "timestamps" } else { "wall clock" }
-    );
+    let gpu = common::gpu();
+    println!("caps {:?}; timing: {}", gpu.caps, if gpu.caps.timestamps { "timestamps" } else { "wall clock" });
     let decode_shapes: Vec<Shape> = match args.iter().position(|a| a == "--shapes").and_then(|i| args.get(i + 1)) {
         Some(list) => list
             .split(',')
