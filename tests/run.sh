@@ -71,21 +71,22 @@ step "summary"
 grep -E '^test result:|FAILED|panicked' "$logs/test.log" || true
 passed=$(grep -Eo '[0-9]+ passed' "$logs/test.log" | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed' "$logs/test.log" | awk '{s+=$1} END {print s+0}')
-# One PASS/FAIL line per browser test (tests/browser/app.mjs); a failure before them (the build) counts as one.
-grep -E '^(PASS|FAIL)' "$logs/browser.log" || true
-bpassed=$(grep -c '^PASS' "$logs/browser.log" || true)
-bfailed=$(grep -c '^FAIL' "$logs/browser.log" || true)
-if [ "$browser" != 0 ] && [ "$bfailed" = 0 ]; then
-    echo "FAIL browser tests did not run (exit $browser)"
-    bfailed=1
-fi
-grep -E '^FUZZ-(PASS|FAIL|SKIP)' "$logs/fuzz.log" || true
-fpassed=$(grep -c '^FUZZ-PASS' "$logs/fuzz.log" || true)
-ffailed=$(grep -c '^FUZZ-FAIL' "$logs/fuzz.log" || true)
-if [ "$fuzz" != 0 ] && [ "$ffailed" = 0 ]; then
-    echo "FAIL fuzz targets did not run (exit $fuzz)"
-    ffailed=1
-fi
+# Counts a step's PASS and FAIL lines (prefix: PASS/FAIL, or FUZZ-PASS/FUZZ-FAIL), prints them, and counts a
+# step that exited non-zero without a FAIL line (e.g. its build failed) as one failure: sets $npass and $nfail.
+count_lines() { # log, prefix, exit status, what
+    grep -E "^$2(PASS|FAIL|SKIP)" "$1" || true
+    npass=$(grep -c "^$2PASS" "$1" || true)
+    nfail=$(grep -c "^$2FAIL" "$1" || true)
+    if [ "$3" != 0 ] && [ "$nfail" = 0 ]; then
+        echo "FAIL $4 did not run (exit $3)"
+        nfail=1
+    fi
+}
+# One PASS/FAIL line per browser test (tests/browser/app.mjs), one FUZZ-PASS/FAIL/SKIP line per fuzz target.
+count_lines "$logs/browser.log" "" "$browser" "browser tests"
+bpassed=$npass bfailed=$nfail
+count_lines "$logs/fuzz.log" "FUZZ-" "$fuzz" "fuzz targets"
+fpassed=$npass ffailed=$nfail
 passed=$((passed + bpassed + fpassed))
 failed=$((failed + bfailed + ffailed))
 echo "tests: $passed passed, $failed failed (${SECONDS} s in all)"
