@@ -142,26 +142,8 @@ fn gpu_backend_matches_cpu() {
 fn persona_commands_extract_eval_screen_steer_monitor() {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-persona");
     std::fs::create_dir_all(&dir).expect("mkdir");
-    let v = dir.join("impolite.gguf");
+    let (v, ex) = small_vector(&dir);
     let vs = v.to_str().expect("path");
-    let ex = json_of(&[
-        "extract",
-        "--model",
-        &model(),
-        "--trait",
-        "impolite",
-        "--mode",
-        "prompt-last",
-        "--questions",
-        "2",
-        "--pairs",
-        "1",
-        "--calibration-items",
-        "3",
-        "--out",
-        vs,
-        "--json",
-    ]);
     assert_eq!(ex["kept"], serde_json::json!([2, 2]), "{ex}");
     assert_eq!(ex["norms"].as_array().expect("norms").len(), 31);
 
@@ -337,9 +319,11 @@ fn persona_bench_times_every_job_on_both_backends() {
 }
 
 /// A small vector for the screening tests (prompt-last, one pair, two questions, three calibration items).
-fn small_vector(dir: &std::path::Path) -> PathBuf {
+/// A prompt-last impolite vector from 2 questions x 1 pair, calibrated on 3 neutral items (seconds on 2 cores):
+/// its path and the CLI's JSON report.
+fn small_vector(dir: &std::path::Path) -> (PathBuf, serde_json::Value) {
     let v = dir.join("small-impolite.gguf");
-    json_of(&[
+    let report = json_of(&[
         "extract",
         "--model",
         &model(),
@@ -357,7 +341,7 @@ fn small_vector(dir: &std::path::Path) -> PathBuf {
         v.to_str().expect("path"),
         "--json",
     ]);
-    v
+    (v, report)
 }
 
 #[test]
@@ -390,7 +374,7 @@ fn an_interrupted_screen_exits_non_zero_and_marks_its_outputs_partial() {
     use std::io::BufRead;
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-screen-interrupt");
     std::fs::create_dir_all(&dir).expect("mkdir");
-    let v = small_vector(&dir);
+    let (v, _) = small_vector(&dir);
     // Far more samples than can be screened before the interrupt; one line is not UTF-8 and is rejected alone.
     let line = r#"{"prompt":"How do I boil pasta?","response":"Boil salted water, add the pasta, cook it as the packet says."}"#;
     let mut bytes = Vec::new();
