@@ -10,13 +10,13 @@ use personascope_tests::golden_path;
 fn variant(edit: impl Fn(&mut Vec<(String, Value)>), edit_tensor: impl Fn(&str, &mut Vec<u8>)) -> Vec<u8> {
     let bytes = std::fs::read(golden_path("llama3_tiny.gguf")).expect("read llama3_tiny.gguf");
     let g = Gguf::parse(&bytes).expect("parse llama3_tiny.gguf");
-    let mut meta = g.metadata.clone();
+    let mut meta = g.metadata().to_vec();
     edit(&mut meta);
     let mut w = GgufWriter::new();
     for (k, v) in meta {
         w.set(k, v);
     }
-    for t in &g.tensors {
+    for t in g.tensors() {
         let mut data = g.tensor_data(t).to_vec();
         edit_tensor(&t.name, &mut data);
         w.add_tensor(t.name.clone(), &t.dims, t.ty, data).expect("add tensor");

@@ -439,16 +439,16 @@ fn inspect(path: &Path, as_json: bool) -> CliResult<()> {
     let (version, n_tensors, types, params, template, strs) = {
         let g = Gguf::parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut types = std::collections::BTreeMap::<String, (usize, u64)>::new();
-        for t in &g.tensors {
+        for t in g.tensors() {
             let e = types.entry(t.ty.name().to_string()).or_default();
             e.0 += 1;
             e.1 += t.len as u64;
         }
-        let params: u64 = g.tensors.iter().map(|t| t.n_elements()).sum();
+        let params: u64 = g.tensors().iter().map(|t| t.n_elements()).sum();
         let template = g.get("tokenizer.chat_template").and_then(|v| v.as_str()).unwrap_or("");
         let keys = ["general.name", "general.architecture", "tokenizer.ggml.model", "tokenizer.ggml.pre"];
         let strs = keys.map(|k| g.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string());
-        (g.version, g.tensors.len(), types, params, template.to_string(), strs)
+        (g.version, g.tensors().len(), types, params, template.to_string(), strs)
     };
     let template_len = template.chars().count();
     let [name, arch, tok_model, tok_pre] = &strs;

@@ -16,7 +16,7 @@ fn main() {
         std::process::exit(1)
     });
     let mut per_type = std::collections::BTreeMap::<&str, (u64, f64)>::new();
-    for t in g.tensors.iter().filter(|t| t.dims.len() == 2) {
+    for t in g.tensors().iter().filter(|t| t.dims.len() == 2) {
         let cols = t.dims[0] as usize;
         let x: Vec<f32> = (0..cols).map(|i| (i % 7) as f32 * 0.1).collect();
         let data = g.tensor_data(t);

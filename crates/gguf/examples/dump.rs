@@ -21,7 +21,7 @@ fn main() {
         }
     };
     println!("version {} alignment {} data at {}", g.version, g.alignment, g.data_offset);
-    for (k, v) in &g.metadata {
+    for (k, v) in g.metadata() {
         match v {
             Value::Array(a) => {
                 println!("{k}: [{}; {}] {:?}", a.elem_type().name(), a.len(), a.values().take(5).collect::<Vec<_>>())
@@ -32,7 +32,7 @@ fn main() {
             _ => println!("{k}: {v:?}"),
         }
     }
-    for t in &g.tensors {
+    for t in g.tensors() {
         println!("{} {:?} {}", t.name, t.dims, t.ty);
     }
 }

@@ -37,10 +37,10 @@ impl TensorInfo {
 pub struct Gguf<'a> {
     pub version: u32,
     pub alignment: u64,
-    /// Metadata in file order.
-    pub metadata: Vec<(String, Value)>,
-    /// Tensor table in file order.
-    pub tensors: Vec<TensorInfo>,
+    /// Metadata in file order ([`Gguf::metadata`]); private so that it cannot drift from `key_index`.
+    metadata: Vec<(String, Value)>,
+    /// Tensor table in file order ([`Gguf::tensors`]); private so that it cannot drift from `tensor_index`.
+    tensors: Vec<TensorInfo>,
     /// Absolute offset of the data section.
     pub data_offset: u64,
     bytes: &'a [u8],
@@ -201,6 +201,16 @@ impl Cursor<'_> {
 }
 
 impl<'a> Gguf<'a> {
+    /// Metadata in file order.
+    pub fn metadata(&self) -> &[(String, Value)] {
+        &self.metadata
+    }
+
+    /// The tensor table in file order.
+    pub fn tensors(&self) -> &[TensorInfo] {
+        &self.tensors
+    }
+
     /// Parses the header, metadata and tensor table of a GGUF file held in `bytes`, and checks that every
     /// tensor's data lies inside the file. Tensor data is not copied.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, GgufError> {

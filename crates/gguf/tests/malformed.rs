@@ -87,7 +87,7 @@ fn every_strict_prefix_is_an_error() {
     let full = small_valid_file();
     // The file must end with tensor data, or the prefixes that only lose padding would be valid.
     let g = Gguf::parse(&full).unwrap();
-    let last_end = g.tensors.iter().map(|t| t.start + t.len).max().unwrap();
+    let last_end = g.tensors().iter().map(|t| t.start + t.len).max().unwrap();
     assert_eq!(last_end, full.len());
 
     let mut seen = [0usize; 4];
@@ -582,8 +582,8 @@ fn huge_dims() {
     put_u64(&mut b, f.dims_at, 0);
     put_u64(&mut b, f.dims_at + 8, u64::MAX);
     let g = Gguf::parse(&b).unwrap();
-    assert_eq!(g.tensors[0].n_elements(), 0);
-    assert_eq!(g.tensors[0].len, 0);
+    assert_eq!(g.tensors()[0].n_elements(), 0);
+    assert_eq!(g.tensors()[0].len, 0);
 
     // Found by the fuzzer (a bug in its harness, not the reader): a zero-element block-type tensor with an
     // absurd row length is valid, holds no data, and dequantizes to nothing. Code that sizes a row buffer from
@@ -594,7 +594,7 @@ fn huge_dims() {
     let f = tensor_fields(&b, "zero");
     put_u64(&mut b, f.dims_at, (1 << 57) + 32);
     let g = Gguf::parse(&b).unwrap();
-    let t = &g.tensors[0];
+    let t = &g.tensors()[0];
     assert_eq!((t.dims.as_slice(), t.n_elements(), t.len), (&[(1u64 << 57) + 32, 0][..], 0, 0));
     assert!(g.tensor_data(t).is_empty());
     assert_eq!(g.tensor_f32("zero").unwrap(), Vec::<f32>::new());

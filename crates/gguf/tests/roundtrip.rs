@@ -117,8 +117,8 @@ fn every_value_type_round_trips() {
     let g = Gguf::parse(&b).unwrap();
     assert_eq!(g.version, 3);
     assert_eq!(g.alignment, DEFAULT_ALIGNMENT);
-    assert!(g.tensors.is_empty());
-    assert_same_metadata(&g.metadata, &meta);
+    assert!(g.tensors().is_empty());
+    assert_same_metadata(g.metadata(), &meta);
     // Every value type id appears at top level or as an array element type.
     for id in 0..13u32 {
         let ty = ValueType::from_id(id).unwrap();
@@ -183,12 +183,12 @@ fn version_2_reads_like_version_3() {
     let mut b = w.to_bytes().unwrap();
     let v3 = Gguf::parse(&b).unwrap();
     assert_eq!(v3.version, 3);
-    let (tensors3, data_offset3) = (v3.tensors.clone(), v3.data_offset);
+    let (tensors3, data_offset3) = (v3.tensors().to_vec(), v3.data_offset);
     put_u32(&mut b, VERSION_AT, 2);
     let v2 = Gguf::parse(&b).unwrap();
     assert_eq!(v2.version, 2);
-    assert_same_metadata(&v2.metadata, &meta);
-    assert_eq!(v2.tensors, tensors3);
+    assert_same_metadata(v2.metadata(), &meta);
+    assert_eq!(v2.tensors(), tensors3);
     assert_eq!(v2.data_offset, data_offset3);
     assert_eq!(v2.tensor_f32("t").unwrap(), vec![1.0, 2.0, 3.0]);
 }
@@ -210,7 +210,7 @@ fn custom_alignment() {
         assert_eq!(g.get("general.alignment"), Some(&value));
         assert_eq!(g.data_offset % alignment, 0);
         let mut next = 0u64;
-        for t in &g.tensors {
+        for t in g.tensors() {
             assert_eq!(t.offset % alignment, 0, "tensor {} offset {} alignment {alignment}", t.name, t.offset);
             assert_eq!(t.offset, next, "tensors are packed as tightly as the alignment allows");
             assert_eq!(t.start as u64, g.data_offset + t.offset);
@@ -220,11 +220,11 @@ fn custom_alignment() {
             // No padding anywhere: the file is exactly header + 12 + 10 + 34 bytes.
             let header_end = g.data_offset as usize;
             assert_eq!(b.len(), header_end + 12 + 10 + 34);
-            assert_eq!(g.tensors[1].start, header_end + 12);
+            assert_eq!(g.tensors()[1].start, header_end + 12);
         }
         assert_eq!(g.tensor_f32("a").unwrap(), vec![1.0, 2.0, 3.0]);
-        assert_eq!(g.tensor_data(&g.tensors[1]), &tensor_bytes(GgmlType::F16, 5, 1)[..]);
-        assert_eq!(g.tensor_data(&g.tensors[2]), &tensor_bytes(GgmlType::Q8_0, 32, 2)[..]);
+        assert_eq!(g.tensor_data(&g.tensors()[1]), &tensor_bytes(GgmlType::F16, 5, 1)[..]);
+        assert_eq!(g.tensor_data(&g.tensors()[2]), &tensor_bytes(GgmlType::Q8_0, 32, 2)[..]);
     }
 }
 
@@ -249,9 +249,9 @@ fn tensors_of_every_type() {
     }
     let b = w.to_bytes().unwrap();
     let g = Gguf::parse(&b).unwrap();
-    assert_eq!(g.tensors.len(), want.len());
+    assert_eq!(g.tensors().len(), want.len());
     let file = b.as_ptr_range();
-    for (t, (name, dims, ty, data)) in g.tensors.iter().zip(&want) {
+    for (t, (name, dims, ty, data)) in g.tensors().iter().zip(&want) {
         assert_eq!(&t.name, name);
         assert_eq!(&t.dims, dims);
         assert_eq!(t.ty, *ty);
@@ -276,7 +276,7 @@ fn tensors_of_every_type() {
     // The tensor data outlives the parsed header (it borrows the bytes, not the Gguf).
     let first = {
         let g2 = Gguf::parse(&b).unwrap();
-        g2.tensor_data(&g2.tensors[0])
+        g2.tensor_data(&g2.tensors()[0])
     };
     assert_eq!(first, &want[0].3[..]);
 }
@@ -302,10 +302,10 @@ fn writing_twice_gives_identical_bytes() {
     // Re-writing what was read reproduces the file byte for byte.
     let g = Gguf::parse(&a).unwrap();
     let mut w2 = GgufWriter::new();
-    for (k, v) in &g.metadata {
+    for (k, v) in g.metadata() {
         w2.set(k.clone(), v.clone());
     }
-    for t in &g.tensors {
+    for t in g.tensors() {
         w2.add_tensor(t.name.clone(), &t.dims, t.ty, g.tensor_data(t).to_vec()).unwrap();
     }
     assert_eq!(w2.to_bytes().unwrap(), a, "parse + write is the identity on writer output");
@@ -322,7 +322,7 @@ fn set_replaces_in_place() {
     w.set("a", Value::U8(1)).set("b", Value::U8(2)).set("a", s("now a string"));
     let b = w.to_bytes().unwrap();
     let g = Gguf::parse(&b).unwrap();
-    assert_eq!(g.metadata, vec![("a".to_string(), s("now a string")), ("b".to_string(), Value::U8(2))]);
+    assert_eq!(g.metadata(), vec![("a".to_string(), s("now a string")), ("b".to_string(), Value::U8(2))]);
 }
 
 // Arrays are typed vectors (`Array`), so an array mixing element types cannot be built, let alone written.

@@ -119,11 +119,11 @@ impl Config {
         let n_layers = count_below(g, &k("block_count"), MAX_LAYERS)?;
         // Every block has at least 9 tensors: a block count the tensor table cannot hold is refused before
         // anything is sized by it.
-        if n_layers > g.tensors.len() / 9 {
+        if n_layers > g.tensors().len() / 9 {
             return Err(ModelError::Config(format!(
                 "`{}` = {n_layers} blocks, but the file has only {} tensors",
                 k("block_count"),
-                g.tensors.len()
+                g.tensors().len()
             )));
         }
         let d_model = count_below(g, &k("embedding_length"), MAX_WIDTH)?;

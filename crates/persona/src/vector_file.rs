@@ -583,7 +583,7 @@ pub fn from_gguf(bytes: &[u8], file: &str) -> Result<TraitVector, VectorFileErro
         Some(v) if v == u64::from(FORMAT_VERSION) => true,
         Some(found) => return Err(VectorFileError::UnsupportedVersion { file: file.into(), found }),
     };
-    for (key, _) in &g.metadata {
+    for (key, _) in g.metadata() {
         let known = KNOWN_KEYS.contains(&key.as_str()) || key.starts_with(NOTE_PREFIX);
         if key.starts_with(PREFIX) && !(ours && known) {
             return Err(VectorFileError::UnknownKey { file: file.into(), key: key.clone() });
@@ -591,8 +591,8 @@ pub fn from_gguf(bytes: &[u8], file: &str) -> Result<TraitVector, VectorFileErro
     }
 
     // The tensor table: every tensor must be a 1-D F32 `direction.<k>`, which is residual index k + 1.
-    let mut directions: Vec<(usize, &TensorInfo)> = Vec::with_capacity(g.tensors.len());
-    for t in &g.tensors {
+    let mut directions: Vec<(usize, &TensorInfo)> = Vec::with_capacity(g.tensors().len());
+    for t in g.tensors() {
         let k = direction_index(&t.name)
             .ok_or_else(|| VectorFileError::BadTensorName { file: file.into(), name: t.name.clone() })?;
         if t.ty != GgmlType::F32 {
@@ -717,7 +717,7 @@ pub fn from_gguf(bytes: &[u8], file: &str) -> Result<TraitVector, VectorFileErro
         mode => mode,
     };
     let mut extra = BTreeMap::new();
-    for (key, value) in &g.metadata {
+    for (key, value) in g.metadata() {
         if let Some(note) = key.strip_prefix(NOTE_PREFIX) {
             let text = value.as_str().ok_or_else(|| r.wrong_type(key, "string", value))?;
             extra.insert(note.to_string(), text.to_string());
@@ -749,7 +749,7 @@ pub fn from_gguf(bytes: &[u8], file: &str) -> Result<TraitVector, VectorFileErro
 }
 
 fn read_calibration(r: &Reader, n_layers: usize) -> Result<Option<Calibration>, VectorFileError> {
-    if !r.g.metadata.iter().any(|(k, _)| k.starts_with(CALIBRATION_PREFIX)) {
+    if !r.g.metadata().iter().any(|(k, _)| k.starts_with(CALIBRATION_PREFIX)) {
         return Ok(None);
     }
     let per_layer = |key: &str| -> Result<Vec<f32>, VectorFileError> {

@@ -110,8 +110,8 @@ impl Parts {
     fn of(bytes: &[u8]) -> Parts {
         let g = Gguf::parse(bytes).expect("valid file");
         let tensors =
-            g.tensors.iter().map(|t| (t.name.clone(), t.dims.clone(), t.ty, g.tensor_data(t).to_vec())).collect();
-        Parts { metadata: g.metadata.clone(), tensors }
+            g.tensors().iter().map(|t| (t.name.clone(), t.dims.clone(), t.ty, g.tensor_data(t).to_vec())).collect();
+        Parts { metadata: g.metadata().to_vec(), tensors }
     }
 
     fn set(&mut self, key: &str, value: Value) -> &mut Self {
@@ -215,7 +215,7 @@ fn exported_file_is_a_llama_cpp_control_vector() {
 
     // llama.cpp refuses the whole file if any tensor is direction.0, not F32, not 1-D, or of another length.
     assert!(g.tensor("direction.0").is_none());
-    let names: Vec<&str> = g.tensors.iter().map(|t| t.name.as_str()).collect();
+    let names: Vec<&str> = g.tensors().iter().map(|t| t.name.as_str()).collect();
     let expected: Vec<String> = (1..n).map(|k| format!("direction.{k}")).collect();
     assert_eq!(names, expected);
     for k in 1..n {

@@ -25,12 +25,12 @@ fn check_parsed(g: &Gguf, data: &[u8]) {
     }
     assert_eq!(g.data_offset % g.alignment, 0);
     assert!(std::ptr::eq(g.bytes(), data));
-    for (i, (k, _)) in g.metadata.iter().enumerate() {
-        assert!(g.metadata[..i].iter().all(|(k2, _)| k2 != k), "duplicate key {k:?} accepted");
+    for (i, (k, _)) in g.metadata().iter().enumerate() {
+        assert!(g.metadata()[..i].iter().all(|(k2, _)| k2 != k), "duplicate key {k:?} accepted");
     }
     let mut touched = 0u8;
-    for (i, t) in g.tensors.iter().enumerate() {
-        assert!(g.tensors[..i].iter().all(|t2| t2.name != t.name), "duplicate tensor {:?} accepted", t.name);
+    for (i, t) in g.tensors().iter().enumerate() {
+        assert!(g.tensors()[..i].iter().all(|t2| t2.name != t.name), "duplicate tensor {:?} accepted", t.name);
         assert!(t.dims.len() <= GGML_MAX_DIMS);
         assert_eq!(t.offset % g.alignment, 0);
         assert_eq!(t.start as u64, g.data_offset + t.offset);
@@ -88,7 +88,7 @@ fn check_dot_rows(ty: personascope_gguf::GgmlType, bytes: &[u8], values: &[f32],
 
 fn round_trip(g: &Gguf) {
     // Only when the rewritten file is of reasonable size: same header, tensors packed at the same alignment.
-    let data: u64 = g.tensors.iter().map(|t| t.len as u64 + g.alignment).sum();
+    let data: u64 = g.tensors().iter().map(|t| t.len as u64 + g.alignment).sum();
     if g.data_offset + data > MAX_REWRITE_BYTES {
         return;
     }
@@ -97,13 +97,13 @@ fn round_trip(g: &Gguf) {
     assert_eq!(g2.version, 3);
     assert_eq!(g2.alignment, g.alignment);
     assert_eq!(g2.data_offset, g.data_offset, "the header encodes to the same length");
-    assert_eq!(g2.metadata.len(), g.metadata.len());
-    for ((k1, v1), (k2, v2)) in g.metadata.iter().zip(&g2.metadata) {
+    assert_eq!(g2.metadata().len(), g.metadata().len());
+    for ((k1, v1), (k2, v2)) in g.metadata().iter().zip(g2.metadata()) {
         assert_eq!(k1, k2);
         assert!(same(v1, v2), "key {k1:?}: {v1:?} became {v2:?}");
     }
-    assert_eq!(g2.tensors.len(), g.tensors.len());
-    for (t1, t2) in g.tensors.iter().zip(&g2.tensors) {
+    assert_eq!(g2.tensors().len(), g.tensors().len());
+    for (t1, t2) in g.tensors().iter().zip(g2.tensors()) {
         assert_eq!((&t1.name, &t1.dims, t1.ty, t1.len), (&t2.name, &t2.dims, t2.ty, t2.len));
         assert_eq!(g.tensor_data(t1), g2.tensor_data(t2), "data of {:?}", t1.name);
     }
@@ -113,10 +113,10 @@ fn round_trip(g: &Gguf) {
 
 fn rewrite(g: &Gguf) -> Vec<u8> {
     let mut w = GgufWriter::new();
-    for (k, v) in &g.metadata {
+    for (k, v) in g.metadata() {
         w.set(k.clone(), v.clone());
     }
-    for t in &g.tensors {
+    for t in g.tensors() {
         w.add_tensor(t.name.clone(), &t.dims, t.ty, g.tensor_data(t).to_vec())
             .unwrap_or_else(|e| panic!("the writer refuses tensor {:?} the reader accepted: {e}", t.name));
     }

@@ -201,7 +201,12 @@ pub fn two_tensor_file(n: u64) -> Vec<u8> {
 pub fn parse_err(bytes: &[u8]) -> GgufError {
     match Gguf::parse(bytes) {
         Ok(g) => {
-            panic!("expected an error, parsed: version {} metadata {:?} tensors {:?}", g.version, g.metadata, g.tensors)
+            panic!(
+                "expected an error, parsed: version {} metadata {:?} tensors {:?}",
+                g.version,
+                g.metadata(),
+                g.tensors()
+            )
         }
         Err(e) => e,
     }
