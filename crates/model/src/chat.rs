@@ -8,7 +8,8 @@
 
 use std::fmt::Write as _;
 
-use minijinja::value::{Kwargs, ValueKind};
+use minijinja::syntax::SyntaxConfig;
+use minijinja::value::{Kwargs, Serde, ValueKind};
 use minijinja::{context, AutoEscape, Environment, Error, ErrorKind, UndefinedBehavior, Value};
 use personascope_gguf::Gguf;
 
@@ -18,8 +19,10 @@ use crate::{ModelError, Result};
 const TEMPLATE_NAME: &str = "chat_template";
 
 /// Limits on one render, so that a hostile template fails with an error instead of hanging or exhausting memory
-/// (in a browser tab, an abort is a wasm trap). Fuel is minijinja's instruction budget: a real template spends
-/// a few hundred instructions per message, so this allows conversations of thousands of messages.
+/// (in a browser tab, an abort is a wasm trap). Fuel is minijinja's one budget for work: one unit per
+/// instruction and one per 64 bytes of strings (or two list slots) a render makes, output included. A real
+/// template spends a few hundred units per message, so this allows conversations of thousands of messages, while
+/// a string doubled in a loop runs out at about 128 MB.
 pub const TEMPLATE_FUEL: u64 = 2_000_000;
 /// Output allowed beyond the conversation's own text: the template's markup for every message, many times over.
 pub const TEMPLATE_OUTPUT_SLACK: usize = 1 << 20;
@@ -202,9 +205,14 @@ impl ChatTemplate {
         }
         let mut env = Environment::new();
         env.set_fuel(Some(TEMPLATE_FUEL));
-        env.set_trim_blocks(true);
-        env.set_lstrip_blocks(true);
-        env.set_keep_trailing_newline(false);
+        // HF renders with jinja2's trim_blocks and lstrip_blocks on, and drops the trailing newline.
+        let syntax = SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .keep_trailing_newline(false)
+            .build()
+            .map_err(render_err)?;
+        env.set_syntax(syntax);
         env.set_auto_escape_callback(|_| AutoEscape::None);
         // jinja2's default `Undefined`: printing or iterating it gives nothing, attributes of it are errors.
         env.set_undefined_behavior(UndefinedBehavior::Lenient);
@@ -262,7 +270,7 @@ impl ChatTemplate {
     fn render_checked(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, RenderError> {
         let tmpl = self.env.get_template(TEMPLATE_NAME).map_err(|e| RenderError::Other(render_err(e)))?;
         let ctx = context! {
-            messages => Value::from_serialize(messages),
+            messages => Value::from(Serde(messages)),
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos.as_str(),
             eos_token => self.eos.as_str(),
@@ -282,8 +290,8 @@ impl ChatTemplate {
             }
             Err(e) if e.kind() == ErrorKind::OutOfFuel => {
                 return Err(RenderError::Limit(format!(
-                    "the template ran more than {TEMPLATE_FUEL} steps for {} messages; it is refused as a \
-                     runaway template",
+                    "the template used more than its budget of {TEMPLATE_FUEL} work units (steps, and bytes made) \
+                     for {} messages; it is refused as a runaway template",
                     messages.len()
                 )))
             }
@@ -587,10 +595,21 @@ fn write_err(_: std::fmt::Error) -> Error {
 /// How Python's `str()` prints a value in `{{ }}`: `None`, `True`, `1e+20`, `['a', 1]`, `{'k': 'v'}` — where
 /// minijinja would print `none`-style or JSON-style text.
 fn py_repr(v: &Value, depth: usize) -> std::result::Result<String, Error> {
+    let mut left = MAX_PRINTED_VALUE_BYTES;
+    let mut out = String::new();
+    py_repr_into(v, depth, &mut out, &mut left)?;
+    Ok(out)
+}
+
+/// The most text one printed value may give. Lists are lazy in minijinja (`[1] * 10**12` costs nothing until it
+/// is walked), and printing walks them outside the engine's fuel, so the walk has its own bound.
+const MAX_PRINTED_VALUE_BYTES: usize = 16 << 20;
+
+fn py_repr_into(v: &Value, depth: usize, out: &mut String, left: &mut usize) -> std::result::Result<(), Error> {
     if depth > 256 {
         return Err(Error::new(ErrorKind::InvalidOperation, "value nested too deeply to print"));
     }
-    Ok(match v.kind() {
+    let piece = match v.kind() {
         ValueKind::Undefined => String::new(),
         ValueKind::None => "None".into(),
         ValueKind::Bool => (if v.is_true() { "True" } else { "False" }).into(),
@@ -599,20 +618,42 @@ fn py_repr(v: &Value, depth: usize) -> std::result::Result<String, Error> {
         ValueKind::String if depth == 0 => v.as_str().unwrap_or_default().to_string(),
         ValueKind::String => py_str_repr(v.as_str().unwrap_or_default()),
         ValueKind::Seq | ValueKind::Iterable => {
-            let items: std::result::Result<Vec<String>, Error> =
-                v.try_iter()?.map(|item| py_repr(&item, depth + 1)).collect();
-            format!("[{}]", items?.join(", "))
+            push_bounded(out, "[", left)?;
+            for (i, item) in v.try_iter()?.enumerate() {
+                if i > 0 {
+                    push_bounded(out, ", ", left)?;
+                }
+                py_repr_into(&item, depth + 1, out, left)?;
+            }
+            return push_bounded(out, "]", left);
         }
         ValueKind::Map => {
-            let mut parts = Vec::new();
-            for key in v.try_iter()? {
+            push_bounded(out, "{", left)?;
+            for (i, key) in v.try_iter()?.enumerate() {
+                if i > 0 {
+                    push_bounded(out, ", ", left)?;
+                }
                 let val = v.get_item(&key)?;
-                parts.push(format!("{}: {}", py_repr(&key, depth + 1)?, py_repr(&val, depth + 1)?));
+                py_repr_into(&key, depth + 1, out, left)?;
+                push_bounded(out, ": ", left)?;
+                py_repr_into(&val, depth + 1, out, left)?;
             }
-            format!("{{{}}}", parts.join(", "))
+            return push_bounded(out, "}", left);
         }
         _ => v.to_string(),
-    })
+    };
+    push_bounded(out, &piece, left)
+}
+
+fn push_bounded(out: &mut String, piece: &str, left: &mut usize) -> std::result::Result<(), Error> {
+    *left = left.checked_sub(piece.len()).ok_or_else(|| {
+        Error::new(
+            ErrorKind::InvalidOperation,
+            format!("a value the template prints is over {MAX_PRINTED_VALUE_BYTES} bytes; it is refused as a runaway template"),
+        )
+    })?;
+    out.push_str(piece);
+    Ok(())
 }
 
 /// Python's `repr` of a str: single quotes unless the text has `'` and no `"`.

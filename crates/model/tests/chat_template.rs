@@ -283,6 +283,32 @@ fn a_template_that_floods_its_output_is_refused_by_the_output_cap() {
 }
 
 #[test]
+fn a_template_that_grows_a_string_or_list_without_printing_it_is_refused() {
+    // Each of these doubles a value 40 to 64 times in a few hundred instructions and prints little or nothing, so
+    // neither an instruction count nor an output cap stops it: without a charge per byte made, each asks for
+    // 2^40 bytes or more and the allocator aborts the process (in a browser, the tab).
+    let doubled_by_sets = format!("{{% set s = 'x' %}}{}{{{{ s|length }}}}", "{% set s = s ~ s %}".repeat(40));
+    let cases = [
+        doubled_by_sets.as_str(),
+        "{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}",
+        "{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s|length }}",
+        "{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s|replace('x', 'xx') %}{% endfor %}{{ ns.s|length }}",
+        "{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = [ns.s, ns.s]|join %}{% endfor %}{{ ns.s|length }}",
+        "{% macro grow(s, n) %}{% if n %}{{ grow(s ~ s, n - 1) }}{% else %}{{ s|length }}{% endif %}{% endmacro %}{{ grow('x', 64) }}",
+        "{% set s %}{% for i in range(100000) %}{% for j in range(100000) %}xxxxxxxxxx{% endfor %}{% endfor %}{% endset %}{{ s|length }}",
+        "{{ ('x' * 50000000) ~ ('x' * 50000000) ~ ('x' * 50000000) }}",
+        "{{ 'x\nx'|indent(1000000000) }}",
+        // Lists are lazy: these cost nothing until printed, and printing walks them.
+        "{{ [1] * 90000000 }}",
+        "{% set ns = namespace(l=[1]) %}{% for i in range(30) %}{% set ns.l = ns.l + ns.l %}{% endfor %}{{ ns.l }}",
+    ];
+    for src in cases {
+        let e = refused(src);
+        assert!(e.contains("runaway"), "{src}: {e}");
+    }
+}
+
+#[test]
 fn the_probe_accepts_a_template_that_refuses_system_messages_and_reports_one_that_refuses_everything() {
     let no_system = "{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('no system role') }}\
                      {% endif %}<{{ m.role }}>{{ m.content }}{% endfor %}";
