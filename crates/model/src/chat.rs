@@ -701,9 +701,15 @@ fn tojson(value: Value, kwargs: Kwargs) -> std::result::Result<String, Error> {
         None => None,
         Some(v) if v.is_none() => None,
         Some(v) => match v.as_i64() {
+            Some(n) if n > 256 => {
+                return Err(Error::new(ErrorKind::InvalidOperation, "tojson: indent is more than 256 spaces"))
+            }
             Some(n) => Some(" ".repeat(usize::try_from(n).unwrap_or(0))),
-            None => Some(v.as_str().map(str::to_owned).ok_or_else(|| {
-                Error::new(ErrorKind::InvalidOperation, "tojson: indent must be an integer or a string")
+            None => Some(v.as_str().filter(|s| s.len() <= 256).map(str::to_owned).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::InvalidOperation,
+                    "tojson: indent must be an integer or a string of at most 256 bytes",
+                )
             })?),
         },
     };
@@ -748,6 +754,13 @@ fn write_json(v: &Value, opts: &JsonOpts, level: usize, out: &mut String) -> std
     if level > 256 {
         return Err(Error::new(ErrorKind::InvalidOperation, "tojson: value nested too deeply"));
     }
+    // Lists are lazy and this walk is outside the engine's fuel: the same bound as for printing.
+    if out.len() > MAX_PRINTED_VALUE_BYTES {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("tojson: the text is over {MAX_PRINTED_VALUE_BYTES} bytes; it is refused as a runaway template"),
+        ));
+    }
     match v.kind() {
         ValueKind::None => out.push_str("null"),
         ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
@@ -761,18 +774,18 @@ fn write_json(v: &Value, opts: &JsonOpts, level: usize, out: &mut String) -> std
         }
         ValueKind::String => json_string(v.as_str().unwrap_or_default(), opts.ensure_ascii, out),
         ValueKind::Seq | ValueKind::Iterable => {
-            let items: Vec<Value> = v.try_iter()?.collect();
-            if items.is_empty() {
+            let mut items = v.try_iter()?.peekable();
+            if items.peek().is_none() {
                 out.push_str("[]");
                 return Ok(());
             }
             out.push('[');
-            for (i, item) in items.iter().enumerate() {
+            for (i, item) in items.enumerate() {
                 if i > 0 {
                     out.push_str(&opts.item_sep);
                 }
                 json_newline(opts, level + 1, out);
-                write_json(item, opts, level + 1, out)?;
+                write_json(&item, opts, level + 1, out)?;
             }
             json_newline(opts, level, out);
             out.push(']');
